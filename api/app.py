@@ -1,0 +1,105 @@
+"""The api process: ``create_app(settings)`` builds FastAPI with ingress, operator API and docs.
+
+The lifespan opens the Postgres pool and the Redis client once, builds the ingress's parts, and
+keeps them on ``app.state``; ``switchboard api`` serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api import ingress, operator
+from api.inbox import Inbox
+from api.partners import PartnerDirectory
+from api.problems import install_problem_handlers
+from api.ratelimit import RateLimiter
+from core.db import connect_pool
+from core.errors import Unavailable
+from core.logs import configure_logging
+from core.realtime import connect_redis
+from core.settings import Settings
+
+__all__ = ["SERVER_OPTIONS", "create_app", "create_app_from_environment"]
+
+# How uvicorn serves the api (and the benchmark's bare baseline app, so they compare fairly):
+# no WebSocket support, uvloop and httptools, our own JSON logging.
+SERVER_OPTIONS: dict[str, Any] = {
+    "log_config": None,
+    "ws": "none",
+    "loop": "uvloop",
+    "http": "httptools",
+    "timeout_graceful_shutdown": 10,
+}
+
+DESCRIPTION = """
+Switchboard's partner ingress and operator API.
+
+* **Partners** POST Standard Webhooks signed events to `/webhooks/{partner_id}`.
+* **Operators** authenticate with `Authorization: Bearer <API key>` and trace webhooks,
+  list events and alerts, replay dead letters, and manage partners and merchants under `/v1`.
+
+Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app for the settings in the environment (uvicorn's factory in each worker process)."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The api's ASGI app; nothing connects until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await connect_pool(settings.database_url, size=settings.database_pool_size)
+        # The rate limiter fails open, so a slow Redis must not hold acknowledgements for long.
+        redis = connect_redis(settings.redis_url, timeout=0.5)
+        inbox = Inbox(pool, batch_max=settings.inbox_batch_max)
+        app.state.settings = settings
+        app.state.pool = pool
+        app.state.ingress = ingress.Ingress(
+            settings=settings,
+            partners=PartnerDirectory(pool),
+            inbox=inbox,
+            limiter=RateLimiter(redis),
+        )
+        try:
+            yield
+        finally:
+            await inbox.close()
+            await redis.aclose()
+            await pool.close()
+
+    app = FastAPI(
+        title="Switchboard",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(ingress.router)
+    app.include_router(operator.router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
+    async def healthz() -> dict[str, str]:
+        try:
+            await app.state.pool.fetchval("SELECT 1")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            raise Unavailable("the database is unreachable", retry_after=5) from error
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,216 @@
+"""Partner ingress: ``POST /webhooks/{partner_id}``.
+
+In order: known partner (404), JSON media type (415), body size capped while reading (413) and
+given ``body_timeout_seconds`` to arrive (408), Standard Webhooks signature (401, or 400 for a
+stale timestamp), per-partner rate limit (429), envelope and event data (422), then a durable
+inbox write (202, or 200 for a repeat, 409 for a reused id with another body, 503 if Postgres
+cannot take it). Nothing here talks to Temporal:
+the relay in the worker starts the workflows, so Temporal being slow or down never delays an ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+
+from api.inbox import Inbox, InboxEntry, new_event_id
+from api.partners import PartnerDirectory
+from api.ratelimit import RateLimiter
+from api.schemas import WebhookAccepted
+from core.contracts import entity_key, priority_of
+from core.errors import (
+    BodyTimeout,
+    IngressError,
+    MalformedEnvelope,
+    PayloadTooLarge,
+    RateLimited,
+    UnknownPartner,
+    UnsupportedMediaType,
+)
+from core.events import parse_envelope
+from core.metrics import ACK_LATENCY, WEBHOOKS_RECEIVED
+from core.settings import Settings
+from core.signing import verify
+
+__all__ = ["Ingress", "router"]
+
+router = APIRouter(tags=["ingress"])
+log = logging.getLogger("switchboard.ingress")
+
+
+@dataclass
+class Ingress:
+    """Everything the ingress route needs, built once by the app's lifespan."""
+
+    settings: Settings
+    partners: PartnerDirectory
+    inbox: Inbox
+    limiter: RateLimiter
+
+    async def accept(self, partner_id: str, request: Request) -> tuple[int, WebhookAccepted]:
+        received_at = datetime.now(UTC)
+        partner = await self.partners.get(partner_id)
+        if partner is None:
+            raise UnknownPartner(f"no partner {partner_id!r}")
+        if not _is_json(request.headers.get("content-type", "")):
+            raise UnsupportedMediaType("send the webhook as application/json")
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                body = await _read_capped(request, self.settings.max_body_bytes)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the body did not arrive within {self.settings.body_timeout_seconds:g}s"
+            ) from None
+        verified = verify(
+            partner.keys,
+            request.headers,
+            body,
+            now=time.time(),
+            tolerance=self.settings.signature_tolerance_seconds,
+        )
+        limit = partner.rate_limit_per_second or self.settings.partner_rate_limit_per_second
+        if not await self.limiter.allow(f"partner:{partner.id}", limit):
+            raise RateLimited(f"more than {limit} webhooks/s from {partner.id}", retry_after=1)
+        event_type, data, model = parse_envelope(_json(body))
+        recorded = await self.inbox.record(
+            InboxEntry(
+                event_id=new_event_id(),
+                partner_id=partner.id,
+                webhook_id=verified.webhook_id,
+                body=body,
+                event_type=event_type,
+                entity_key=entity_key(event_type, data) if model else None,
+                merchant_id=model.merchant_id if model else _text(data.get("merchant_id")),
+                priority=priority_of(event_type),
+                payload_json=_storable_json({"type": event_type, "data": data}),
+                received_at=received_at,
+            )
+        )
+        log.info(
+            "webhook %s from %s recorded as %s",
+            verified.webhook_id,
+            partner.id,
+            recorded.event_id,
+            extra={
+                "event_id": recorded.event_id,
+                "partner_id": partner.id,
+                "webhook_id": verified.webhook_id,
+                "duplicate": recorded.duplicate,
+            },
+        )
+        trace_url = f"{self.settings.public_base_url}/v1/webhooks/{recorded.event_id}"
+        status = 200 if recorded.duplicate else 202
+        return status, WebhookAccepted(
+            event_id=recorded.event_id, trace_url=trace_url, duplicate=recorded.duplicate
+        )
+
+
+# Dependencies are async on purpose: FastAPI runs plain ``def`` dependencies in a thread pool.
+async def get_ingress(request: Request) -> Ingress:
+    ingress: Ingress = request.app.state.ingress
+    return ingress
+
+
+@router.post(
+    "/webhooks/{partner_id}",
+    status_code=202,
+    response_model=WebhookAccepted,
+    summary="Receive a partner webhook (Standard Webhooks signed)",
+    responses={
+        200: {"model": WebhookAccepted, "description": "A repeat of a recorded webhook."},
+        400: {"description": "Timestamp outside the tolerance."},
+        401: {"description": "Missing or invalid signature."},
+        404: {"description": "Unknown partner."},
+        408: {"description": "The body arrived too slowly."},
+        409: {"description": "webhook-id reused with a different body."},
+        413: {"description": "Body larger than the limit."},
+        415: {"description": "Not application/json."},
+        422: {"description": "Malformed envelope or event data."},
+        429: {"description": "Rate limited; see Retry-After."},
+        503: {"description": "Cannot record durably right now; see Retry-After."},
+    },
+)
+async def receive_webhook(
+    request: Request,
+    ingress: Annotated[Ingress, Depends(get_ingress)],
+    partner_id: Annotated[str, Path(max_length=64)],
+) -> JSONResponse:
+    """Verify, deduplicate and durably record a webhook; its workflow starts shortly after."""
+    started = time.perf_counter()
+    try:
+        status, accepted = await ingress.accept(partner_id, request)
+    except IngressError as error:
+        WEBHOOKS_RECEIVED.labels(str(error.status)).inc()
+        raise
+    finally:
+        ACK_LATENCY.observe(time.perf_counter() - started)
+    WEBHOOKS_RECEIVED.labels(str(status)).inc()
+    return JSONResponse(accepted.model_dump(), status_code=status)
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        raise MalformedEnvelope("the body is not valid JSON") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf, which Postgres jsonb (like JSON itself) cannot hold.
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _storable_json(envelope: dict[str, Any]) -> str:
+    """The envelope as JSON that Postgres ``jsonb`` accepts (no NUL, no lone surrogates)."""
+    text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedEnvelope("the body contains an unpaired UTF-16 surrogate") from None
+    if _NUL_ESCAPE.search(text):
+        raise MalformedEnvelope("the body contains a NUL character (\\u0000)")
+    return text
+
+
+def _text(value: object) -> str | None:
+    return value[:128] if isinstance(value, str) and value else None

@@ -1,0 +1,364 @@
+"""Operator API (``/v1``): trace webhooks, list events and alerts, replay dead letters, and manage
+partners and merchants. Every route needs an API key with the right scope (``api/auth.py``).
+
+Replays are durable requests, not Temporal calls: a replayed dead letter goes back to ``received``
+with its run counter raised, and the relay starts a fresh workflow for it (``...:replay-N``), so
+replays work, and are audited, even while Temporal is down.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Query, Request
+
+from api.auth import create_api_key, require
+from api.partners import create_partner, rotate_secret
+from api.schemas import (
+    Alert,
+    ApiKeyCreated,
+    ApiKeyIn,
+    DeadLetter,
+    EventOut,
+    Merchant,
+    MerchantIn,
+    PartnerCreated,
+    PartnerIn,
+    PartnerOut,
+    ReplayFilter,
+    ReplayResult,
+    SecretRotated,
+    Stats,
+    TraceStep,
+    WebhookTrace,
+)
+from core.contracts import webhook_workflow_id
+from core.db import Connection
+from core.errors import OperatorError
+from core.settings import Settings
+
+__all__ = ["replay", "router"]
+
+router = APIRouter(prefix="/v1", tags=["operator"])
+Read = Depends(require("read"))
+Replay = Depends(require("replay"))
+Admin = Depends(require("admin"))
+
+_TRACE_STEPS = (
+    ("received", "received_at"),
+    ("recorded", "recorded_at"),
+    ("workflow_started", "workflow_started_at"),
+)
+
+
+# Async so FastAPI does not hand them to its thread pool on every request.
+async def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+async def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Config = Annotated[Settings, Depends(_settings)]
+
+
+@router.get("/webhooks/{event_id}", dependencies=[Read], response_model=WebhookTrace)
+async def trace_webhook(event_id: str, pool: Pool, settings: Config) -> WebhookTrace:
+    """Follow one webhook: received → recorded → workflow started → applied → published."""
+    hook = await pool.fetchrow("SELECT * FROM webhooks WHERE event_id = $1", event_id)
+    if hook is None:
+        raise OperatorError(404, f"no webhook {event_id!r}")
+    steps = [TraceStep(step=step, at=hook[column]) for step, column in _TRACE_STEPS if hook[column]]
+    for row in await pool.fetch(
+        "SELECT entity_type, entity_id, from_state, to_state, reason, at FROM audit_log"
+        " WHERE event_id = $1 ORDER BY id",
+        event_id,
+    ):
+        steps.append(
+            TraceStep(
+                step=f"{row['entity_type']} {row['from_state'] or 'new'} → {row['to_state']}",
+                at=row["at"],
+                detail=row["reason"],
+            )
+        )
+    if hook["processed_at"]:
+        steps.append(TraceStep(step=hook["status"], at=hook["processed_at"], detail=hook["detail"]))
+    elif hook["status"] == "waiting":
+        steps.append(TraceStep(step="waiting", at=hook["recorded_at"], detail=hook["detail"]))
+    if hook["published_at"]:
+        steps.append(TraceStep(step="published", at=hook["published_at"]))
+    steps.sort(key=lambda s: s.at)
+    event = await pool.fetchrow(
+        "SELECT merchant_id, seq, type, data, created_at FROM events WHERE event_id = $1", event_id
+    )
+    workflow_id = hook["workflow_id"] or _expected_workflow_id(hook)
+    return WebhookTrace(
+        event_id=event_id,
+        partner_id=hook["partner_id"],
+        webhook_id=hook["webhook_id"],
+        type=hook["event_type"],
+        merchant_id=hook["merchant_id"],
+        entity_key=hook["entity_key"],
+        status=hook["status"],
+        detail=hook["detail"],
+        workflow_id=workflow_id,
+        workflow_url=settings.workflow_ui_url(workflow_id) if workflow_id else None,
+        steps=steps,
+        merchant_event=dict(event) if event else None,
+        payload=hook["payload"],
+    )
+
+
+def _expected_workflow_id(hook: asyncpg.Record) -> str | None:
+    if hook["workflow_started_at"] is None:
+        return None
+    return webhook_workflow_id(hook["partner_id"], hook["webhook_id"], hook["run_count"])
+
+
+@router.get("/events", dependencies=[Read], response_model=list[EventOut])
+async def list_events(
+    pool: Pool,
+    merchant_id: str,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(gt=0, le=1000)] = 100,
+) -> list[EventOut]:
+    """A merchant's events in ``seq`` order, after ``after_seq``."""
+    rows = await pool.fetch(
+        "SELECT merchant_id, seq, event_id, type, data, created_at FROM events"
+        " WHERE merchant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        merchant_id,
+        after_seq,
+        limit,
+    )
+    return [EventOut(**dict(row)) for row in rows]
+
+
+@router.get("/dead-letters", dependencies=[Read], response_model=list[DeadLetter])
+async def list_dead_letters(
+    pool: Pool,
+    settings: Config,
+    partner_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(gt=0, le=1000)] = 100,
+) -> list[DeadLetter]:
+    """Webhooks parked for an operator, newest first."""
+    rows = await _dead_letter_rows(pool, partner_id, since, until, limit)
+    return [
+        DeadLetter(
+            event_id=row["event_id"],
+            partner_id=row["partner_id"],
+            webhook_id=row["webhook_id"],
+            type=row["event_type"],
+            reason=row["reason"],
+            created_at=row["created_at"],
+            replay_count=row["replay_count"],
+            trace_url=f"{settings.public_base_url}/v1/webhooks/{row['event_id']}",
+        )
+        for row in rows
+    ]
+
+
+async def _dead_letter_rows(
+    pool: asyncpg.Pool,
+    partner_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT d.event_id, d.reason, d.created_at, d.replay_count, w.partner_id, w.webhook_id,"
+        " w.event_type FROM dead_letters d JOIN webhooks w USING (event_id)"
+        " WHERE w.status = 'dead_lettered' AND ($1::text IS NULL OR w.partner_id = $1)"
+        " AND ($2::timestamptz IS NULL OR d.created_at >= $2)"
+        " AND ($3::timestamptz IS NULL OR d.created_at < $3)"
+        " ORDER BY d.created_at DESC LIMIT $4",
+        partner_id,
+        since,
+        until,
+        limit,
+    )
+    return rows
+
+
+@router.post("/dead-letters/{event_id}/replay", dependencies=[Replay], response_model=ReplayResult)
+async def replay_one(event_id: str, pool: Pool) -> ReplayResult:
+    """Run a dead-lettered webhook again (a new workflow, audited)."""
+    async with pool.acquire() as conn:
+        replayed = await replay(conn, [event_id], actor="operator")
+    if not replayed:
+        raise OperatorError(409, f"{event_id!r} is not a dead letter")
+    return ReplayResult(matched=1, replayed=1, dry_run=False, event_ids=replayed)
+
+
+@router.post("/dead-letters/replay", dependencies=[Replay], response_model=ReplayResult)
+async def replay_many(selection: ReplayFilter, pool: Pool) -> ReplayResult:
+    """Replay every dead letter matching the filter; ``dry_run`` (the default) only counts."""
+    rows = await _dead_letter_rows(
+        pool, selection.partner_id, selection.since, selection.until, selection.limit
+    )
+    event_ids = [row["event_id"] for row in rows]
+    if selection.dry_run:
+        return ReplayResult(matched=len(rows), replayed=0, dry_run=True, event_ids=event_ids)
+    async with pool.acquire() as conn:
+        replayed = await replay(conn, event_ids, actor="operator")
+    return ReplayResult(
+        matched=len(rows), replayed=len(replayed), dry_run=False, event_ids=replayed
+    )
+
+
+async def replay(conn: Connection, event_ids: list[str], *, actor: str) -> list[str]:
+    """Send dead letters back to the inbox for a fresh workflow run; returns those replayed."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE webhooks SET status = 'received', run_count = run_count + 1,"
+            " relay_lease_until = NULL, workflow_started_at = NULL, processed_at = NULL,"
+            " workflow_id = NULL, detail = NULL"
+            " WHERE event_id = ANY($1::text[]) AND status = 'dead_lettered' RETURNING event_id",
+            event_ids,
+        )
+        replayed = [row["event_id"] for row in rows]
+        if replayed:
+            await conn.execute(
+                "UPDATE dead_letters SET replayed_at = clock_timestamp(),"
+                " replay_count = replay_count + 1 WHERE event_id = ANY($1::text[])",
+                replayed,
+            )
+            await conn.execute(
+                "INSERT INTO audit_log (entity_type, entity_id, from_state, to_state, actor,"
+                " reason, event_id) SELECT 'webhook', id, 'dead_lettered', 'received', $2,"
+                " 'replayed', id FROM unnest($1::text[]) AS id",
+                replayed,
+                actor,
+            )
+            await conn.execute("NOTIFY switchboard_inbox")
+    return replayed
+
+
+@router.post("/api-keys", dependencies=[Admin], response_model=ApiKeyCreated, status_code=201)
+async def add_api_key(new_key: ApiKeyIn, pool: Pool) -> ApiKeyCreated:
+    """Create an operator API key with the given scopes (the key is shown once)."""
+    async with pool.acquire() as conn:
+        key = await create_api_key(conn, new_key.name, list(new_key.scopes))
+    return ApiKeyCreated(name=new_key.name, scopes=list(new_key.scopes), key=key)
+
+
+@router.get("/partners", dependencies=[Admin], response_model=list[PartnerOut])
+async def list_partners(pool: Pool) -> list[PartnerOut]:
+    rows = await pool.fetch(
+        "SELECT p.id, p.name, p.rate_limit_per_second, p.created_at, count(s.id) AS live_secrets"
+        " FROM partners p LEFT JOIN partner_secrets s ON s.partner_id = p.id"
+        " AND (s.expires_at IS NULL OR s.expires_at > now()) GROUP BY p.id ORDER BY p.id"
+    )
+    return [PartnerOut(**dict(row)) for row in rows]
+
+
+@router.post("/partners", dependencies=[Admin], response_model=PartnerCreated, status_code=201)
+async def add_partner(partner: PartnerIn, pool: Pool) -> PartnerCreated:
+    """Create a partner and return its signing secret (shown once)."""
+    async with pool.acquire() as conn:
+        secret = await create_partner(
+            conn,
+            partner.id,
+            partner.name or partner.id,
+            rate_limit_per_second=partner.rate_limit_per_second,
+        )
+    return PartnerCreated(id=partner.id, secret=secret)
+
+
+@router.post("/partners/{partner_id}/secrets", dependencies=[Admin], response_model=SecretRotated)
+async def rotate_partner_secret(
+    partner_id: str,
+    request: Request,
+    pool: Pool,
+    overlap_seconds: Annotated[int, Query(ge=0, le=30 * 86400)] = 86400,
+) -> SecretRotated:
+    """Add a new secret; the current ones keep verifying for ``overlap_seconds``."""
+    async with pool.acquire() as conn:
+        secret, expires_at = await rotate_secret(conn, partner_id, overlap_seconds=overlap_seconds)
+    request.app.state.ingress.partners.forget(partner_id)
+    return SecretRotated(
+        partner_id=partner_id, secret=secret, previous_secrets_expire_at=expires_at
+    )
+
+
+@router.get("/merchants", dependencies=[Read], response_model=list[Merchant])
+async def list_merchants(
+    pool: Pool, limit: Annotated[int, Query(gt=0, le=1000)] = 100
+) -> list[Merchant]:
+    rows = await pool.fetch("SELECT * FROM merchants ORDER BY id LIMIT $1", limit)
+    return [Merchant(**dict(row)) for row in rows]
+
+
+@router.post("/merchants", dependencies=[Admin], response_model=Merchant, status_code=201)
+async def add_merchant(merchant: MerchantIn, pool: Pool) -> Merchant:
+    """Create a merchant, or update the name and email of an existing one."""
+    row = await pool.fetchrow(
+        "INSERT INTO merchants (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id)"
+        " DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email RETURNING *",
+        merchant.id,
+        merchant.name,
+        merchant.email,
+    )
+    assert row is not None
+    return Merchant(**dict(row))
+
+
+@router.get("/merchants/{merchant_id}", dependencies=[Read], response_model=Merchant)
+async def get_merchant(merchant_id: str, pool: Pool) -> Merchant:
+    """A merchant with its balances and latest ``seq``."""
+    row = await pool.fetchrow("SELECT * FROM merchants WHERE id = $1", merchant_id)
+    if row is None:
+        raise OperatorError(404, f"no merchant {merchant_id!r}")
+    balances = await pool.fetch(
+        "SELECT currency, available, pending, as_of FROM balances WHERE merchant_id = $1"
+        " ORDER BY currency",
+        merchant_id,
+    )
+    return Merchant(**dict(row), balances=[_jsonable(dict(b)) for b in balances])
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+@router.get("/alerts", dependencies=[Read], response_model=list[Alert])
+async def list_alerts(
+    pool: Pool,
+    status: str | None = "open",
+    limit: Annotated[int, Query(gt=0, le=1000)] = 100,
+) -> list[Alert]:
+    """Alerts, newest first (``status=open`` by default; pass ``status=`` for all)."""
+    rows = await pool.fetch(
+        "SELECT * FROM alerts WHERE ($1::text IS NULL OR $1 = '' OR status = $1)"
+        " ORDER BY last_seen_at DESC LIMIT $2",
+        status,
+        limit,
+    )
+    return [Alert(**{k: row[k] for k in Alert.model_fields}) for row in rows]
+
+
+@router.get("/stats", dependencies=[Read], response_model=Stats)
+async def stats(pool: Pool, partner_id: str | None = None, since: datetime | None = None) -> Stats:
+    """Inbox depth, webhooks by status (optionally one partner's, received since a time),
+    open alerts and dead letters."""
+    rows = await pool.fetch(
+        "SELECT status, count(*) AS n FROM webhooks WHERE ($1::text IS NULL OR partner_id = $1)"
+        " AND ($2::timestamptz IS NULL OR received_at >= $2) GROUP BY status",
+        partner_id,
+        since,
+    )
+    by_status = {row["status"]: row["n"] for row in rows}
+    open_alerts = await pool.fetchval("SELECT count(*) FROM alerts WHERE status = 'open'")
+    return Stats(
+        inbox_depth=by_status.get("received", 0),
+        by_status=by_status,
+        open_alerts=open_alerts,
+        dead_letters=by_status.get("dead_lettered", 0),
+    )

@@ -1,0 +1,139 @@
+"""Partners and their signing secrets: creation, rotation, and the ingress's cached lookup.
+
+The ingress reads partners through :class:`PartnerDirectory`, a short-TTL cache, so the hot path
+does no query per webhook; a rotation is seen within ``ttl`` seconds. Secrets rotate with an
+overlap: the previous secret keeps verifying until its ``expires_at``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from core.db import Connection
+from core.errors import OperatorError, Unavailable
+from core.signing import generate_secret, parse_secret
+
+__all__ = ["PARTNER_ID", "Partner", "PartnerDirectory", "create_partner", "rotate_secret"]
+
+# The same rule as the partners table's CHECK: anything else cannot be a partner.
+PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Unknown ids are cached briefly to spare the database, but only so many: they are unauthenticated.
+MAX_CACHED_MISSES = 10_000
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A partner as the ingress needs it: live signing keys and its rate limit."""
+
+    id: str
+    keys: tuple[bytes, ...]
+    rate_limit_per_second: int | None
+
+
+class PartnerDirectory:
+    """Cached partner lookups for the ingress (misses are cached too, briefly)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, ttl: float = 5.0, miss_ttl: float = 1.0) -> None:
+        self._pool = pool
+        self._ttl = ttl
+        self._miss_ttl = miss_ttl
+        self._cache: dict[str, tuple[float, Partner | None]] = {}
+
+    async def get(self, partner_id: str) -> Partner | None:
+        """The partner with its currently valid keys, or ``None`` if there is no such partner.
+
+        While Postgres is unreachable a cached entry is served past its TTL (the inbox write
+        will answer 503 anyway); with nothing cached it raises :class:`Unavailable`.
+        """
+        if not PARTNER_ID.fullmatch(partner_id):
+            return None
+        now = time.monotonic()
+        cached = self._cache.get(partner_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            partner = await self._load(partner_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            if cached is not None:
+                return cached[1]
+            raise Unavailable("partners cannot be looked up right now", retry_after=5) from error
+        if partner is not None or len(self._cache) < MAX_CACHED_MISSES:
+            self._cache[partner_id] = (now + (self._ttl if partner else self._miss_ttl), partner)
+        return partner
+
+    def forget(self, partner_id: str) -> None:
+        """Drop a cached entry (after a change made through this process)."""
+        self._cache.pop(partner_id, None)
+
+    async def _load(self, partner_id: str) -> Partner | None:
+        rows = await self._pool.fetch(
+            "SELECT p.id, p.rate_limit_per_second, s.secret FROM partners p"
+            " LEFT JOIN partner_secrets s ON s.partner_id = p.id"
+            " AND (s.expires_at IS NULL OR s.expires_at > now())"
+            " WHERE p.id = $1 ORDER BY s.id DESC",
+            partner_id,
+        )
+        if not rows:
+            return None
+        keys = tuple(parse_secret(row["secret"]) for row in rows if row["secret"] is not None)
+        return Partner(rows[0]["id"], keys, rows[0]["rate_limit_per_second"])
+
+
+async def create_partner(
+    conn: Connection,
+    partner_id: str,
+    name: str,
+    *,
+    rate_limit_per_second: int | None = None,
+    secret: str | None = None,
+) -> str:
+    """Create a partner with a fresh (or the given) ``whsec_`` secret and return the secret."""
+    secret = secret or generate_secret()
+    parse_secret(secret)
+    async with conn.transaction():
+        try:
+            await conn.execute(
+                "INSERT INTO partners (id, name, rate_limit_per_second) VALUES ($1, $2, $3)",
+                partner_id,
+                name,
+                rate_limit_per_second,
+            )
+        except asyncpg.UniqueViolationError:
+            raise OperatorError(409, f"partner {partner_id!r} already exists") from None
+        except asyncpg.CheckViolationError:
+            raise OperatorError(
+                422, "partner ids are 1-64 letters, digits, '_', '.' or '-'"
+            ) from None
+        await conn.execute(
+            "INSERT INTO partner_secrets (partner_id, secret) VALUES ($1, $2)", partner_id, secret
+        )
+    return secret
+
+
+async def rotate_secret(
+    conn: Connection, partner_id: str, *, overlap_seconds: int
+) -> tuple[str, datetime]:
+    """Add a new secret; current secrets stay valid for ``overlap_seconds``. Returns both facts."""
+    secret = generate_secret()
+    async with conn.transaction():
+        expires_at = await conn.fetchval(
+            "UPDATE partner_secrets SET expires_at = least(coalesce(expires_at, 'infinity'),"
+            " now() + make_interval(secs => $2)) WHERE partner_id = $1"
+            " AND (expires_at IS NULL OR expires_at > now())"
+            " RETURNING expires_at",
+            partner_id,
+            float(overlap_seconds),
+        )
+        if expires_at is None and not await conn.fetchval(
+            "SELECT 1 FROM partners WHERE id = $1", partner_id
+        ):
+            raise OperatorError(404, f"no partner {partner_id!r}")
+        await conn.execute(
+            "INSERT INTO partner_secrets (partner_id, secret) VALUES ($1, $2)", partner_id, secret
+        )
+    return secret, expires_at

@@ -1,0 +1,166 @@
+"""Pydantic models at the HTTP edge: operator API requests and every JSON response shape.
+
+They are converted to and from rows here at the edge; workflows and activities never see them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "Alert",
+    "ApiKeyCreated",
+    "ApiKeyIn",
+    "DeadLetter",
+    "EventOut",
+    "Merchant",
+    "MerchantIn",
+    "PartnerCreated",
+    "PartnerIn",
+    "PartnerOut",
+    "ReplayFilter",
+    "ReplayResult",
+    "SecretRotated",
+    "Stats",
+    "TraceStep",
+    "WebhookAccepted",
+    "WebhookTrace",
+]
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class ApiKeyIn(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    scopes: Annotated[list[Literal["read", "replay", "admin"]], Field(min_length=1)]
+
+
+class ApiKeyCreated(BaseModel):
+    name: str
+    scopes: list[str]
+    key: str = Field(description="The key; shown once, stored only as a hash.")
+
+
+class WebhookAccepted(BaseModel):
+    event_id: str
+    trace_url: str
+    duplicate: bool
+
+
+class PartnerIn(BaseModel):
+    id: Id
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    rate_limit_per_second: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+
+
+class PartnerCreated(BaseModel):
+    id: str
+    secret: str = Field(description="The whsec_ signing secret; shown once.")
+
+
+class PartnerOut(BaseModel):
+    id: str
+    name: str
+    rate_limit_per_second: int | None
+    live_secrets: int
+    created_at: datetime
+
+
+class SecretRotated(BaseModel):
+    partner_id: str
+    secret: str
+    previous_secrets_expire_at: datetime | None
+
+
+class MerchantIn(BaseModel):
+    id: Id
+    name: Annotated[str, Field(max_length=200)] | None = None
+    email: Annotated[str, Field(max_length=320)] | None = None
+
+
+class Merchant(BaseModel):
+    id: str
+    name: str | None
+    email: str | None
+    last_seq: int
+    balances: list[dict[str, Any]] = []
+    created_at: datetime
+
+
+class TraceStep(BaseModel):
+    step: str
+    at: datetime
+    detail: str | None = None
+
+
+class WebhookTrace(BaseModel):
+    event_id: str
+    partner_id: str
+    webhook_id: str
+    type: str
+    merchant_id: str | None
+    entity_key: str | None
+    status: str
+    detail: str | None
+    workflow_id: str | None
+    workflow_url: str | None
+    steps: list[TraceStep]
+    merchant_event: dict[str, Any] | None
+    payload: dict[str, Any]
+
+
+class EventOut(BaseModel):
+    merchant_id: str
+    seq: int
+    event_id: str
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class DeadLetter(BaseModel):
+    event_id: str
+    partner_id: str
+    webhook_id: str
+    type: str
+    reason: str
+    created_at: datetime
+    replay_count: int
+    trace_url: str
+
+
+class ReplayFilter(BaseModel):
+    partner_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    dry_run: bool = Field(True, description="Count what would be replayed, change nothing.")
+    limit: Annotated[int, Field(gt=0, le=10_000)] = 1000
+
+
+class ReplayResult(BaseModel):
+    matched: int
+    replayed: int
+    dry_run: bool
+    event_ids: list[str]
+
+
+class Alert(BaseModel):
+    id: int
+    dedup_key: str
+    kind: str
+    severity: str
+    summary: str
+    status: str
+    occurrences: int
+    created_at: datetime
+    last_seen_at: datetime
+
+
+class Stats(BaseModel):
+    inbox_depth: int = Field(description="Recorded webhooks whose workflow is not started yet.")
+    by_status: dict[str, int]
+    open_alerts: int
+    dead_letters: int

@@ -1,0 +1,134 @@
+"""``python -m benchmarks`` (``./run bench``): run every measurement, print and save the table.
+
+``--quick`` is a smoke run of about a minute (less on an idle machine); the default full run
+takes about 8 minutes.
+``--temporal memory`` runs Temporal without its SQLite file, ``both`` reports both setups.
+
+Order matters: the pipeline is measured first, on an empty inbox; the load-generator check
+touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
+the worker drains, and that backlog is what "worker draining" means for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvloop
+
+from benchmarks.harness import open_harness, progress
+from benchmarks.ingress import measure_ingress, measure_load_generator
+from benchmarks.pipeline import measure_pipeline
+from benchmarks.plan import FULL, QUICK, Plan
+from benchmarks.report import Section, render
+from benchmarks.stack import OTHERS, REPO, BenchStack, CpuUse
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
+NOISY_OTHERS_PERCENT = 25.0
+TEMPORAL_SETUPS = {"sqlite": [False], "memory": [True], "both": [False, True]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    text = "\n".join(_run(plan, in_memory) for in_memory in TEMPORAL_SETUPS[args.temporal])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+    print(f"Written to {args.output} in {time.monotonic() - started:.0f} s.", file=sys.stderr)
+    return 0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (≤ 60 s)")
+    parser.add_argument(
+        "--temporal",
+        choices=sorted(TEMPORAL_SETUPS),
+        default="sqlite",
+        help="Temporal dev server persistence: its SQLite file like `switchboard dev` (default), "
+        "in memory, or both one after the other",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"default: {RESULTS}")
+    return parser.parse_args(argv)
+
+
+def _run(plan: Plan, temporal_in_memory: bool) -> str:
+    """Start a stack, measure everything on it, stop it; returns the report."""
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    stack = BenchStack(temporal_in_memory=temporal_in_memory)
+    with progress("starting Postgres, Redis, Temporal, api, worker, bare app"):
+        stack.start()
+    try:
+        sections, cpu = uvloop.run(_measure(stack, plan))
+    finally:
+        with progress("stopping"):
+            stack.stop()
+    elapsed = time.monotonic() - started
+    notes = _header_notes(plan, temporal_in_memory, cpu, load_before, elapsed)
+    setup = "in-memory Temporal" if temporal_in_memory else "Temporal with its SQLite file"
+    return render(f"Switchboard benchmarks — {plan.name} run, {setup}", notes, sections, cpu)
+
+
+async def _measure(stack: BenchStack, plan: Plan) -> tuple[list[Section], dict[str, CpuUse]]:
+    async with open_harness(stack, plan) as h:
+        pipeline = await measure_pipeline(h)
+        load_generator = await measure_load_generator(h)
+        ingress = await measure_ingress(h)
+    return [ingress, pipeline, load_generator], h.phase_cpu
+
+
+def _header_notes(
+    plan: Plan,
+    in_memory: bool,
+    cpu: dict[str, CpuUse],
+    load_before: tuple[float, float, float],
+    elapsed: float,
+) -> list[str]:
+    temporal = (
+        "in memory"
+        if in_memory
+        else "with its SQLite file (WAL) in the temp dir, as `switchboard dev` runs it"
+    )
+    notes = [
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, Python "
+        f"{platform.python_version()}, {os.cpu_count()} cores; {plan.name} plan, "
+        f"{plan.repeats} runs per figure (medians shown); this run took {elapsed:.0f} s.",
+        f"Embedded Postgres, Redis and Temporal dev server ({temporal}) on free 127.0.0.1 "
+        "ports; api (`python -m cli.main api`) and worker (`python worker.py`) as separate "
+        "processes; load from the benchmark process, pre-signed, over keep-alive connections.",
+        f"Load average (1 min) before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f}.",
+    ]
+    others = CpuUse.total(list(cpu.values())).percent.get(OTHERS, 0.0)
+    if others > NOISY_OTHERS_PERCENT:
+        notes.append(
+            f"⚠ Noisy: processes outside this benchmark used {others:.0f}% of a core on average "
+            "while Switchboard was measured; treat the figures as rough."
+        )
+    return notes
+
+
+def _commit() -> str:
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return found.stdout.strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""How long and how hard each measurement runs: the full plan (~8 min) and ``--quick`` (~1 min).
+
+Every measurement repeats ``repeats`` times, alternating baseline and subject so drift on a
+noisy machine hits both alike; the report shows the medians. In the quick plan the 10 s of
+offered load per measurement is split across the three runs, and the baselines (which are
+steady and cheap) get shorter windows, to stay within a minute including start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FULL", "QUICK", "Plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations (seconds) and sizes of one benchmark run."""
+
+    name: str
+    repeats: int
+    # Ingress, open loop at a fixed offered rate, worker draining.
+    ingress_rate: float
+    ingress_seconds: float
+    ingress_baseline_seconds: float
+    grace: float
+    """How long after a run's last due time (open loop) or end (closed loop) unanswered requests
+    are awaited before they are cut off and counted as censored."""
+    # Ingress at saturation (closed loop), and the load-generator check.
+    connections: int
+    saturation_seconds: float
+    loadgen_seconds: float
+    # Pipeline.
+    pipeline_rate: float
+    pipeline_seconds: float
+    pipeline_baseline_seconds: float
+    burst: int
+    settle_timeout: float
+    history_sample: int
+
+
+FULL = Plan(
+    name="full",
+    repeats=3,
+    ingress_rate=500,
+    ingress_seconds=30,
+    ingress_baseline_seconds=10,
+    grace=5,
+    connections=64,
+    saturation_seconds=5,
+    loadgen_seconds=3,
+    pipeline_rate=10,
+    pipeline_seconds=30,
+    pipeline_baseline_seconds=15,
+    burst=600,
+    settle_timeout=120,
+    history_sample=30,
+)
+
+QUICK = Plan(
+    name="quick",
+    repeats=3,
+    ingress_rate=500,
+    ingress_seconds=10 / 3,
+    ingress_baseline_seconds=0.6,
+    grace=0.3,
+    connections=64,
+    saturation_seconds=0.5,
+    loadgen_seconds=0.3,
+    pipeline_rate=10,
+    pipeline_seconds=10 / 3,
+    pipeline_baseline_seconds=1,
+    burst=20,
+    settle_timeout=10,
+    history_sample=10,
+)

@@ -1,0 +1,80 @@
+"""Baselines from the Temporal server itself, with a workflow that does nothing.
+
+* :meth:`NoopWorkflows.start_ceiling` — how fast ``client.start_workflow`` can start workflows
+  on this server: ``count`` starts with the relay's concurrency, on a task queue nobody polls (no
+  worker involved). The pipeline cannot start webhook workflows faster than this.
+* :meth:`NoopWorkflows.round_trips` — start-to-result latency of the no-op workflow at a given
+  rate, with eager start and a worker in this process: the least a durable step on this Temporal
+  server costs, to put the receipt-to-published latency in proportion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from benchmarks import pacing
+from benchmarks.noop_workflow import NoopWorkflow
+from benchmarks.stats import Latency
+
+__all__ = ["NoopWorkflows", "RoundTrips"]
+
+
+@dataclass(frozen=True)
+class RoundTrips:
+    """One round-trip run: latency, and the workflows it ran (for their histories)."""
+
+    latency: Latency
+    workflow_ids: list[str]
+
+
+class NoopWorkflows:
+    """Starts and runs :class:`NoopWorkflow` on one Temporal server; see the module docstring."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._task_queue = f"bench-noop-{uuid.uuid4().hex[:8]}"
+
+    async def start_ceiling(self, count: int, concurrency: int) -> float:
+        """Workflow starts per second, ``count`` of them, ``concurrency`` at a time."""
+        unpolled = f"bench-unpolled-{uuid.uuid4().hex[:8]}"
+        limit = asyncio.Semaphore(concurrency)
+
+        async def start(index: int) -> None:
+            async with limit:
+                await self._client.start_workflow(
+                    NoopWorkflow.run, id=f"{unpolled}-{index}", task_queue=unpolled
+                )
+
+        started = time.perf_counter()
+        await asyncio.gather(*map(start, range(count)))
+        return count / (time.perf_counter() - started)
+
+    @asynccontextmanager
+    async def worker(self) -> AsyncIterator[None]:
+        """A worker for the round trips, running in this process while the context is open."""
+        async with Worker(self._client, task_queue=self._task_queue, workflows=[NoopWorkflow]):
+            yield
+
+    async def round_trips(self, rate: float, seconds: float, *, grace: float) -> RoundTrips:
+        """Run no-op workflows at ``rate``/s for ``seconds``; latency from due time to result."""
+        ids = [f"{self._task_queue}-{uuid.uuid4().hex[:12]}" for _ in range(int(rate * seconds))]
+
+        async def run(workflow_id: str) -> str:
+            await self._client.execute_workflow(
+                NoopWorkflow.run,
+                id=workflow_id,
+                task_queue=self._task_queue,
+                request_eager_start=True,
+            )
+            return workflow_id
+
+        paced = await pacing.open_loop(ids, rate, run, grace=grace)
+        return RoundTrips(Latency.of([o.latency for o in paced.outcomes]), paced.finished)

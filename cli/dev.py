@@ -1,0 +1,202 @@
+"""``switchboard dev``: the whole stack on embedded defaults, in one foreground command.
+
+Starts Postgres, Redis (Valkey) and the Temporal dev server (with its Web UI and a persistent
+database file) from installed wheels, applies the migrations, starts the api and the worker as
+child processes, makes sure a demo partner and merchant exist, prints the URLs and a ready-to-run
+example, then waits. Ctrl-C (or SIGTERM) stops the processes, then the services, in that order.
+Data stays in ``SWITCHBOARD_DATA_DIR`` so the next run picks up where this one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+
+from api.partners import create_partner
+from cli.devstack import EmbeddedPostgres, EmbeddedRedis, ServiceError, TemporalDevServer
+from core.contracts import SEARCH_ATTRIBUTES
+from core.db import migrate
+from core.settings import Settings
+
+__all__ = ["DEMO_MERCHANT", "DEMO_PARTNER", "DevState", "load_dev_state", "run_dev"]
+
+DEMO_PARTNER = "demo"
+DEMO_MERCHANT = "merchant_demo"
+STATE_FILE = "dev.json"
+
+
+@dataclass(frozen=True)
+class DevState:
+    """What ``switchboard dev`` tells other commands (``send``, ``demo``) about the stack."""
+
+    api_url: str
+    partner_id: str
+    partner_secret: str
+    merchant_id: str
+
+
+def load_dev_state(settings: Settings) -> DevState | None:
+    """The state file the last ``switchboard dev`` wrote, if any."""
+    path = settings.data_dir / STATE_FILE
+    if not path.exists():
+        return None
+    return DevState(**json.loads(path.read_text()))
+
+
+def _port(url: str, default: int) -> int:
+    return urlsplit(url if "//" in url else f"//{url}").port or default
+
+
+def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
+    """Run the stack until interrupted; returns the process exit code."""
+    data_dir = settings.data_dir.absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop_requested = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with ExitStack() as stack:
+        try:
+            say("Starting Postgres, Redis and Temporal ...")
+            postgres = EmbeddedPostgres(data_dir / "postgres", _port(settings.database_url, 55432))
+            redis = EmbeddedRedis(data_dir / "redis", _port(settings.redis_url, 56379))
+            temporal = TemporalDevServer(
+                data_dir / "temporal",
+                _port(settings.temporal_address, 57233),
+                ui_port=_port(settings.temporal_ui_url, 58233),
+                search_attributes=[key.name for key in SEARCH_ATTRIBUTES],
+            )
+            for service in (postgres, redis, temporal):
+                stack.enter_context(service)
+        except ServiceError as error:
+            say(f"[red]{error}[/red]")
+            return 1
+        env = {
+            **os.environ,
+            "SWITCHBOARD_DATABASE_URL": postgres.url,
+            "SWITCHBOARD_REDIS_URL": redis.url,
+            "SWITCHBOARD_TEMPORAL_ADDRESS": temporal.address,
+            "SWITCHBOARD_TEMPORAL_UI_URL": temporal.ui_url or settings.temporal_ui_url,
+        }
+        say("Applying migrations ...")
+        migrate(postgres.url)
+        state = asyncio.run(_ensure_demo_tenants(settings, postgres.url))
+        (data_dir / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
+        processes = {name: _spawn(stack, name, env, data_dir) for name in ("api", "worker")}
+        if not _wait_for_api(settings.public_base_url, processes["api"], timeout=60):
+            say("[red]The api did not come up; see .switchboard/logs/api.log[/red]")
+            return 1
+        say(_banner(settings, postgres.url, redis.url, temporal, state))
+        say("[bold green]Switchboard is ready.[/bold green] Press Ctrl-C to stop.")
+        exit_code = 0
+        while not stop_requested:
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    say(f"[red]{name} exited with {process.returncode}; stopping.[/red]")
+                    stop_requested, exit_code = True, 1
+            time.sleep(0.2)
+        say("Stopping ...")
+    say("Stopped.")
+    return exit_code
+
+
+async def _ensure_demo_tenants(settings: Settings, database_url: str) -> DevState:
+    conn = await asyncpg.connect(database_url)
+    try:
+        secret = await conn.fetchval(
+            "SELECT secret FROM partner_secrets WHERE partner_id = $1"
+            " AND (expires_at IS NULL OR expires_at > now()) ORDER BY id DESC LIMIT 1",
+            DEMO_PARTNER,
+        )
+        if secret is None:
+            secret = await create_partner(conn, DEMO_PARTNER, "Demo payment provider")
+        await conn.execute(
+            "INSERT INTO merchants (id, name, email) VALUES ($1, 'Demo merchant',"
+            " 'owner@merchant.example') ON CONFLICT (id) DO NOTHING",
+            DEMO_MERCHANT,
+        )
+    finally:
+        await conn.close()
+    return DevState(settings.public_base_url, DEMO_PARTNER, secret, DEMO_MERCHANT)
+
+
+def _spawn(
+    stack: ExitStack, name: str, env: dict[str, str], data_dir: Path
+) -> subprocess.Popen[bytes]:
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    log_file = stack.enter_context((logs / f"{name}.log").open("ab"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", name],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stack.callback(_terminate, process)
+    return process
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_api(base_url: str, process: subprocess.Popen[bytes], *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _banner(
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    temporal: TemporalDevServer,
+    state: DevState,
+) -> str:
+    api = settings.public_base_url
+    return f"""
+[bold]Switchboard (development)[/bold]
+  Ingress            POST {api}/webhooks/{{partner_id}}
+  Operator API docs  {api}/docs      (API key: SWITCHBOARD_ADMIN_API_KEY, default sb_dev_admin_key)
+  Temporal Web UI    {temporal.ui_url}
+  Temporal address   {temporal.address}
+  Postgres           {database_url}
+  Redis              {redis_url}
+  Logs               {settings.data_dir}/logs/
+  Demo partner       {state.partner_id}   secret {state.partner_secret}
+  Demo merchant      {state.merchant_id}
+
+Send a signed webhook (in another terminal):
+  ./run switchboard send payment.succeeded --merchant {state.merchant_id} --amount 1250
+  ./run switchboard demo --rate 20 --duration 30
+"""

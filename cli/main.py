@@ -1,0 +1,472 @@
+"""The ``switchboard`` command line: run the processes, and operate the system from a terminal.
+
+Process commands (``dev``, ``api``, ``worker``, ``migrate``) run code in this process. Operator
+commands (``partners``, ``merchants``, ``trace``, ``events``, ``dead-letters``, ``alerts``) are
+clients of the operator API at ``SWITCHBOARD_PUBLIC_BASE_URL``; ``send`` and ``demo`` sign
+webhooks like a partner would. Every command takes ``--json`` for machine-readable output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.dev import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state, run_dev
+from core.settings import Settings
+from core.signing import sign_headers
+
+__all__ = ["app"]
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _settings_help() -> str:
+    lines = ["Settings (environment variables or .env):\n\n"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "***" if name == "admin_api_key" else default
+        lines.append(f"SWITCHBOARD_{name.upper()} = {shown}  {field.description or ''}\n\n")
+    return "".join(lines)
+
+
+app = typer.Typer(
+    help="Switchboard: a durable event backbone for fintech partner integrations.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+partners_app = typer.Typer(help="Manage partners and their signing secrets.", no_args_is_help=True)
+merchants_app = typer.Typer(help="Manage merchants.", no_args_is_help=True)
+dead_letters_app = typer.Typer(help="List and replay dead letters.", no_args_is_help=True)
+app.add_typer(partners_app, name="partners")
+app.add_typer(merchants_app, name="merchants")
+app.add_typer(dead_letters_app, name="dead-letters")
+api_keys_app = typer.Typer(help="Create operator API keys.", no_args_is_help=True)
+app.add_typer(api_keys_app, name="api-keys")
+
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _emit(as_json: bool, data: Any, human: Any = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        console.print(human if human is not None else data)
+
+
+def _fail(message: str, as_json: bool, code: int = 1) -> NoReturn:
+    if as_json:
+        typer.echo(json.dumps({"error": message}))
+    else:
+        err.print(f"[red]{message}[/red]")
+    raise typer.Exit(code)
+
+
+def _operator(settings: Settings) -> httpx.Client:
+    return httpx.Client(
+        base_url=settings.public_base_url,
+        headers={"authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"},
+        timeout=30,
+    )
+
+
+def _call(as_json: bool, method: str, path: str, **kwargs: Any) -> Any:
+    settings = Settings()
+    try:
+        with _operator(settings) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as error:
+        _fail(f"cannot reach the api at {settings.public_base_url}: {error}", as_json)
+    if response.status_code >= 400:
+        detail = response.json().get("detail") if response.content else response.reason_phrase
+        _fail(f"{response.status_code}: {detail}", as_json)
+    return response.json()
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+@app.command(epilog=_settings_help())
+def dev() -> None:
+    """Run everything on embedded defaults: Postgres, Redis, Temporal (+ Web UI), api, worker."""
+    raise typer.Exit(run_dev(Settings(), console.print))
+
+
+@app.command()
+def api() -> None:
+    """Run the api (ingress, operator API, docs) with uvicorn."""
+    import uvicorn
+
+    from api.app import SERVER_OPTIONS
+
+    settings = Settings()
+    uvicorn.run(
+        "api.app:create_app_from_environment",
+        factory=True,
+        workers=settings.api_workers,
+        host=settings.api_host,
+        port=settings.api_port,
+        **SERVER_OPTIONS,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run the Temporal worker and the inbox relay (same as ``python worker.py``)."""
+    import worker as worker_process
+
+    worker_process.main()
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="A short smoke run (about a minute).")] = False,
+) -> None:
+    """Run the benchmarks (same as ``./run bench``) and print ratios against their baselines."""
+    from benchmarks.__main__ import main as run_benchmarks
+
+    run_benchmarks(["--quick"] if quick else [])
+
+
+@app.command()
+def migrate(as_json: Json = False) -> None:
+    """Apply pending database migrations."""
+    from core.db import migrate as apply_migrations
+
+    apply_migrations(Settings().database_url)
+    _emit(as_json, {"migrated": True}, "Migrations applied.")
+
+
+# -- partners and merchants --------------------------------------------------------------------
+
+
+@partners_app.command("add")
+def partners_add(
+    partner_id: Annotated[str, typer.Argument(help="Partner id (letters, digits, _ . -).")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    rate_limit: Annotated[int | None, typer.Option(help="Webhooks per second.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Create a partner and print its signing secret (shown once)."""
+    body = {"id": partner_id, "name": name, "rate_limit_per_second": rate_limit}
+    created = _call(as_json, "POST", "/v1/partners", json=body)
+    _emit(as_json, created, f"Partner [bold]{created['id']}[/bold]\nSecret  {created['secret']}")
+
+
+@partners_app.command("list")
+def partners_list(as_json: Json = False) -> None:
+    """List partners."""
+    partners = _call(as_json, "GET", "/v1/partners")
+    table = Table("id", "name", "rate limit/s", "live secrets", "created")
+    for p in partners:
+        table.add_row(
+            p["id"],
+            p["name"],
+            str(p["rate_limit_per_second"] or "default"),
+            str(p["live_secrets"]),
+            p["created_at"],
+        )
+    _emit(as_json, partners, table)
+
+
+@partners_app.command("rotate")
+def partners_rotate(
+    partner_id: str,
+    overlap: Annotated[int, typer.Option(help="Seconds the old secrets keep working.")] = 86400,
+    as_json: Json = False,
+) -> None:
+    """Add a new secret; the current ones keep verifying during the overlap."""
+    rotated = _call(
+        as_json, "POST", f"/v1/partners/{partner_id}/secrets", params={"overlap_seconds": overlap}
+    )
+    _emit(
+        as_json,
+        rotated,
+        f"New secret {rotated['secret']}\n"
+        f"Old secrets expire at {rotated['previous_secrets_expire_at']}",
+    )
+
+
+@api_keys_app.command("add")
+def api_keys_add(
+    name: str,
+    scope: Annotated[list[str], typer.Option(help="read, replay or admin; repeatable.")],
+    as_json: Json = False,
+) -> None:
+    """Create an operator API key with scopes and print it (shown once)."""
+    created = _call(as_json, "POST", "/v1/api-keys", json={"name": name, "scopes": scope})
+    _emit(as_json, created, f"Key {created['key']}  scopes {', '.join(created['scopes'])}")
+
+
+@merchants_app.command("add")
+def merchants_add(
+    merchant_id: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option()] = None,
+    as_json: Json = False,
+) -> None:
+    """Create (or update) a merchant."""
+    merchant = _call(
+        as_json, "POST", "/v1/merchants", json={"id": merchant_id, "name": name, "email": email}
+    )
+    _emit(as_json, merchant, f"Merchant [bold]{merchant['id']}[/bold]")
+
+
+@merchants_app.command("list")
+def merchants_list(as_json: Json = False) -> None:
+    """List merchants with their latest event sequence number."""
+    merchants = _call(as_json, "GET", "/v1/merchants")
+    table = Table("id", "name", "email", "last seq")
+    for m in merchants:
+        table.add_row(m["id"], m["name"] or "", m["email"] or "", str(m["last_seq"]))
+    _emit(as_json, merchants, table)
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+
+
+def _event_data(
+    event_type: str,
+    merchant: str,
+    amount: int,
+    currency: str,
+    payment_id: str | None,
+    refund_id: str | None,
+    email: str | None,
+) -> dict[str, Any]:
+    payment_id = payment_id or f"pay_{uuid.uuid4().hex[:12]}"
+    if event_type == "payment.succeeded":
+        data: dict[str, Any] = {"payment_id": payment_id, "amount": amount, "currency": currency}
+        if email:
+            data["customer_email"] = email
+    elif event_type == "payment.failed":
+        data = {
+            "payment_id": payment_id,
+            "amount": amount,
+            "currency": currency,
+            "failure_code": "card_declined",
+        }
+    elif event_type == "refund.succeeded":
+        data = {
+            "refund_id": refund_id or f"re_{uuid.uuid4().hex[:12]}",
+            "payment_id": payment_id,
+            "amount": amount,
+            "currency": currency,
+        }
+    elif event_type == "balance.updated":
+        data = {
+            "available": amount,
+            "pending": 0,
+            "currency": currency,
+            "as_of": datetime.now().astimezone().isoformat(),
+        }
+    else:
+        data = {"note": "an event type Switchboard does not know"}
+    return {"merchant_id": merchant, **data}
+
+
+def _partner_credentials(
+    partner: str | None, secret: str | None, as_json: bool
+) -> tuple[str, str, str]:
+    settings = Settings()
+    state = load_dev_state(settings)
+    partner = partner or (state.partner_id if state else DEMO_PARTNER)
+    if secret is None:
+        if state is None or state.partner_id != partner:
+            _fail(f"pass --secret for partner {partner!r} (no dev state for it)", as_json)
+        secret = state.partner_secret
+    return settings.public_base_url, partner, secret
+
+
+@app.command()
+def send(
+    event_type: Annotated[
+        str,
+        typer.Argument(
+            help="payment.succeeded | payment.failed | refund.succeeded | balance.updated | any"
+        ),
+    ],
+    merchant: Annotated[str, typer.Option(help="Merchant id.")] = DEMO_MERCHANT,
+    amount: Annotated[int, typer.Option(help="Minor units (cents).")] = 1000,
+    currency: Annotated[str, typer.Option()] = "EUR",
+    payment_id: Annotated[str | None, typer.Option(help="Default: a new id.")] = None,
+    refund_id: Annotated[str | None, typer.Option(help="Default: a new id.")] = None,
+    email: Annotated[str | None, typer.Option(help="Customer email (payments).")] = None,
+    webhook_id: Annotated[str | None, typer.Option(help="Default: a new id.")] = None,
+    partner: Annotated[str | None, typer.Option(help="Default: the dev demo partner.")] = None,
+    secret: Annotated[str | None, typer.Option(help="Default: the dev demo secret.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Sign and send one webhook, as a partner would."""
+    base_url, partner_id, key = _partner_credentials(partner, secret, as_json)
+    data = _event_data(event_type, merchant, amount, currency, payment_id, refund_id, email)
+    body = json.dumps({"type": event_type, "data": data}).encode()
+    msg_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    headers = {
+        "content-type": "application/json",
+        **sign_headers(key, msg_id, body, now=int(time.time())),
+    }
+    try:
+        response = httpx.post(
+            f"{base_url}/webhooks/{partner_id}", content=body, headers=headers, timeout=30
+        )
+    except httpx.HTTPError as error:
+        _fail(f"cannot reach the api at {base_url}: {error}", as_json)
+    result = {"status": response.status_code, "webhook_id": msg_id, **response.json()}
+    human = (
+        f"{response.status_code} {event_type} → event {result.get('event_id')}\n"
+        f"trace: {result.get('trace_url')}"
+        if response.status_code < 300
+        else f"{response.status_code}: {result.get('detail')}"
+    )
+    _emit(as_json, result, human)
+    if response.status_code >= 300:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    rate: Annotated[float, typer.Option(help="Webhooks per second.")] = 10.0,
+    duration: Annotated[float, typer.Option(help="Seconds to send for.")] = 30.0,
+    merchants: Annotated[int, typer.Option(help="Merchants to spread traffic over.")] = 5,
+    partner: Annotated[str | None, typer.Option(help="Default: the dev demo partner.")] = None,
+    secret: Annotated[str | None, typer.Option(help="Default: the dev demo secret.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Send steady synthetic traffic (payments, refunds, balances) and report what happened."""
+    from cli.demo import DemoPlan, run_demo
+
+    base_url, partner_id, key = _partner_credentials(partner, secret, as_json)
+    plan = DemoPlan(base_url, partner_id, key, rate, duration, merchants)
+    report = run_demo(plan, operator=_operator(Settings()), show_progress=not as_json)
+    _emit(as_json, report.__dict__, report.summary())
+    if report.failed:
+        raise typer.Exit(1)
+
+
+# -- operating ---------------------------------------------------------------------------------
+
+
+@app.command()
+def trace(event_id: str, as_json: Json = False) -> None:
+    """Show a webhook's path: received → recorded → workflow → each step → published."""
+    found = _call(as_json, "GET", f"/v1/webhooks/{event_id}")
+    table = Table("at", "step", "detail")
+    for step in found["steps"]:
+        table.add_row(step["at"], step["step"], step["detail"] or "")
+    header = (
+        f"[bold]{found['type']}[/bold] {found['event_id']} from {found['partner_id']}"
+        f" — {found['status']}\nworkflow: {found['workflow_url']}"
+    )
+    _emit(as_json, found, _Group(header, table))
+
+
+class _Group:
+    """Two renderables printed one after the other."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+
+        return Group(*self.parts)
+
+
+@app.command()
+def events(
+    merchant: str,
+    after: Annotated[int, typer.Option(help="Only events with a larger seq.")] = 0,
+    limit: Annotated[int, typer.Option()] = 50,
+    as_json: Json = False,
+) -> None:
+    """A merchant's events in sequence order."""
+    found = _call(
+        as_json,
+        "GET",
+        "/v1/events",
+        params={"merchant_id": merchant, "after_seq": after, "limit": limit},
+    )
+    table = Table("seq", "type", "event", "data")
+    for e in found:
+        table.add_row(str(e["seq"]), e["type"], e["event_id"], json.dumps(e["data"]))
+    _emit(as_json, found, table)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    partner: Annotated[str | None, typer.Option()] = None, as_json: Json = False
+) -> None:
+    """Webhooks parked for an operator."""
+    found = _call(
+        as_json, "GET", "/v1/dead-letters", params={"partner_id": partner} if partner else {}
+    )
+    table = Table("event", "type", "reason", "parked at", "replays")
+    for d in found:
+        table.add_row(
+            d["event_id"], d["type"], d["reason"], d["created_at"], str(d["replay_count"])
+        )
+    _emit(as_json, found, table)
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    event_ids: Annotated[list[str] | None, typer.Argument(help="Specific events.")] = None,
+    partner: Annotated[str | None, typer.Option(help="All of this partner's.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Parked at or after.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Parked before.")] = None,
+    execute: Annotated[bool, typer.Option(help="Without it, only count (dry run).")] = False,
+    as_json: Json = False,
+) -> None:
+    """Replay dead letters: named ones, or all matching a filter (dry run unless --execute)."""
+    if event_ids:
+        results = [
+            _call(as_json, "POST", f"/v1/dead-letters/{event_id}/replay") for event_id in event_ids
+        ]
+        _emit(as_json, results, f"Replayed {len(results)} dead letter(s).")
+        return
+    selection = {
+        "partner_id": partner,
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "dry_run": not execute,
+    }
+    result = _call(as_json, "POST", "/v1/dead-letters/replay", json=selection)
+    verb = "Would replay" if result["dry_run"] else "Replayed"
+    _emit(
+        as_json,
+        result,
+        f"{verb} {result['matched'] if result['dry_run'] else result['replayed']} dead letter(s).",
+    )
+
+
+@app.command()
+def alerts(
+    status: Annotated[str, typer.Option(help="open, or empty for all.")] = "open",
+    as_json: Json = False,
+) -> None:
+    """Alerts raised by Switchboard."""
+    found = _call(as_json, "GET", "/v1/alerts", params={"status": status})
+    table = Table("id", "severity", "kind", "summary", "count", "last seen")
+    for a in found:
+        table.add_row(
+            str(a["id"]),
+            a["severity"],
+            a["kind"],
+            a["summary"],
+            str(a["occurrences"]),
+            a["last_seen_at"],
+        )
+    _emit(as_json, found, table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,171 @@
+"""Payload contracts shared by the api, the relay, workflows and activities.
+
+Pure data only: frozen dataclasses passed through Temporal, the event-type table, search
+attributes, and the one place workflow ids and Redis channels are built. Safe to import inside
+the workflow sandbox (no I/O, no heavy imports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+
+from temporalio.common import SearchAttributeKey
+
+__all__ = [
+    "ENTITY_ID",
+    "EVENT_TYPE",
+    "KNOWN_EVENT_TYPES",
+    "MERCHANT_ID",
+    "PARTNER_ID",
+    "SEARCH_ATTRIBUTES",
+    "WEBHOOK_ID",
+    "ApplyInput",
+    "ApplyResult",
+    "EventType",
+    "Outcome",
+    "ParkInput",
+    "Priority",
+    "PublishInput",
+    "WebhookInput",
+    "WebhookStatus",
+    "entity_key",
+    "merchant_channel",
+    "priority_of",
+    "webhook_workflow_id",
+]
+
+
+class EventType(StrEnum):
+    """Inbound event types Switchboard understands (v1). Anything else is stored as ignored."""
+
+    PAYMENT_SUCCEEDED = "payment.succeeded"
+    PAYMENT_FAILED = "payment.failed"
+    REFUND_SUCCEEDED = "refund.succeeded"
+    BALANCE_UPDATED = "balance.updated"
+
+
+class Priority(IntEnum):
+    """Temporal priority keys (1 is served first). Money before balances, balances before noise."""
+
+    MONEY = 1
+    BALANCE = 4
+    OTHER = 5
+
+
+class WebhookStatus(StrEnum):
+    """Lifecycle of one received webhook row (the inbox)."""
+
+    RECEIVED = "received"  # durably recorded, acknowledged, workflow not started yet
+    STARTED = "started"  # its workflow is running
+    WAITING = "waiting"  # a refund waiting for its payment
+    PROCESSED = "processed"  # took effect (or was a harmless repeat of an effect)
+    IGNORED = "ignored"  # unknown type, stored as received
+    DEAD_LETTERED = "dead_lettered"  # parked for an operator: see dead_letters.reason
+
+
+class Outcome(StrEnum):
+    """What applying one event did."""
+
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"  # valid but no effect: a repeat, or a balance older than the stored one
+    WAITING = "waiting"
+    IGNORED = "ignored"
+    DEAD_LETTERED = "dead_lettered"
+
+
+KNOWN_EVENT_TYPES = frozenset(EventType)
+
+PARTNER_ID = SearchAttributeKey.for_keyword("PartnerId")
+MERCHANT_ID = SearchAttributeKey.for_keyword("MerchantId")
+ENTITY_ID = SearchAttributeKey.for_keyword("EntityId")
+EVENT_TYPE = SearchAttributeKey.for_keyword("EventType")
+WEBHOOK_ID = SearchAttributeKey.for_keyword("WebhookId")
+SEARCH_ATTRIBUTES = (PARTNER_ID, MERCHANT_ID, ENTITY_ID, EVENT_TYPE, WEBHOOK_ID)
+
+
+def entity_key(event_type: str, data: dict[str, object]) -> str | None:
+    """The ordering key of an event: refunds share their payment's key so they queue behind it."""
+    if event_type in (EventType.PAYMENT_SUCCEEDED, EventType.PAYMENT_FAILED):
+        return f"payment:{data['payment_id']}"
+    if event_type == EventType.REFUND_SUCCEEDED:
+        return f"payment:{data['payment_id']}"
+    if event_type == EventType.BALANCE_UPDATED:
+        return f"balance:{data['merchant_id']}:{data['currency']}"
+    return None
+
+
+def priority_of(event_type: str) -> Priority:
+    """Payments and refunds first, balance updates next, unknown events last."""
+    if event_type == EventType.BALANCE_UPDATED:
+        return Priority.BALANCE
+    if event_type in KNOWN_EVENT_TYPES:
+        return Priority.MONEY
+    return Priority.OTHER
+
+
+# Temporal on SQL stores workflow ids in VARCHAR(255); leave room for ":replay-N".
+MAX_WORKFLOW_BASE_ID = 240
+
+
+def webhook_workflow_id(partner_id: str, webhook_id: str, run: int = 0) -> str:
+    """The workflow id of one partner webhook: a business key, so a repeat start is a no-op.
+
+    ``run`` counts operator replays; each replay is a workflow of its own, findable beside the
+    original. Very long webhook ids are replaced by their SHA-256 so the id fits Temporal's
+    255-character limit on SQL persistence (the WebhookId search attribute keeps the original).
+    """
+    base = f"webhook:{partner_id}:{webhook_id}"
+    if len(base) > MAX_WORKFLOW_BASE_ID:
+        digest = hashlib.sha256(webhook_id.encode()).hexdigest()[:40]
+        base = f"webhook:{partner_id}:sha256-{digest}"
+    return base if run == 0 else f"{base}:replay-{run}"
+
+
+def merchant_channel(merchant_id: str) -> str:
+    """The Redis pub/sub channel carrying one merchant's events to the gateway."""
+    return f"switchboard:merchant:{merchant_id}"
+
+
+@dataclass(frozen=True)
+class WebhookInput:
+    """Starts one :class:`workflows.webhook.WebhookWorkflow`; the body stays in Postgres."""
+
+    event_id: str
+    partner_id: str
+    webhook_id: str
+    event_type: str
+    dependency_window_seconds: float
+
+
+@dataclass(frozen=True)
+class ApplyInput:
+    """Apply one recorded event; ``park_if_waiting`` dead-letters it if its dependency is absent."""
+
+    event_id: str
+    park_if_waiting: bool = False
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What applying did, which workflows its effect unblocks, and whether to publish."""
+
+    outcome: Outcome
+    publish: bool = False
+    wake_workflow_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ParkInput:
+    """Dead-letter an event that can never take effect."""
+
+    event_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PublishInput:
+    """Publish the merchant event that ``event_id`` produced to Redis."""
+
+    event_id: str

@@ -1,0 +1,116 @@
+"""Switchboard's one error tree, shared by every process.
+
+* :class:`SwitchboardError` — base of everything we raise on purpose.
+
+  * :class:`IngressError` — a partner's webhook is refused; carries an HTTP status for the
+    RFC 9457 problem response.
+
+    * :class:`UnknownPartner` (404)
+    * :class:`InvalidSignature` (401) — missing, malformed or non-matching signature headers.
+    * :class:`StaleTimestamp` (400) — ``webhook-timestamp`` outside the tolerance, either way.
+    * :class:`PayloadTooLarge` (413)
+    * :class:`BodyTimeout` (408) — the body did not arrive in time (slow clients).
+    * :class:`UnsupportedMediaType` (415)
+    * :class:`MalformedEnvelope` (422) — not ``{"type": str, "data": {...}}`` or bad event data.
+    * :class:`WebhookIdConflict` (409) — a known ``webhook-id`` arrived with a different body.
+    * :class:`RateLimited` (429)
+    * :class:`Unavailable` (503) — cannot record durably right now; the partner should retry.
+
+  * :class:`OperatorError` — an operator API request is refused (auth, scope, not found, conflict).
+  * :class:`PermanentEventError` — an event can never take effect (raised in activities as a
+    non-retryable Temporal ``ApplicationError`` of this type).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BodyTimeout",
+    "IngressError",
+    "InvalidSignature",
+    "MalformedEnvelope",
+    "OperatorError",
+    "PayloadTooLarge",
+    "PermanentEventError",
+    "RateLimited",
+    "StaleTimestamp",
+    "SwitchboardError",
+    "Unavailable",
+    "UnknownPartner",
+    "UnsupportedMediaType",
+    "WebhookIdConflict",
+]
+
+
+class SwitchboardError(Exception):
+    """Base class of every error Switchboard raises on purpose."""
+
+
+class IngressError(SwitchboardError):
+    """A webhook refused at the edge, rendered as an RFC 9457 problem."""
+
+    status: int = 400
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def problem_type(self) -> str:
+        """A stable URI reference naming the problem, e.g. ``/problems/invalid-signature``."""
+        name = "".join(f"-{c.lower()}" if c.isupper() else c for c in type(self).__name__)
+        return f"/problems/{name.lstrip('-')}"
+
+
+class UnknownPartner(IngressError):
+    status, title = 404, "Unknown partner"
+
+
+class InvalidSignature(IngressError):
+    status, title = 401, "Invalid signature"
+
+
+class StaleTimestamp(IngressError):
+    status, title = 400, "Timestamp outside tolerance"
+
+
+class PayloadTooLarge(IngressError):
+    status, title = 413, "Payload too large"
+
+
+class BodyTimeout(IngressError):
+    status, title = 408, "Request body too slow"
+
+
+class UnsupportedMediaType(IngressError):
+    status, title = 415, "Unsupported media type"
+
+
+class MalformedEnvelope(IngressError):
+    status, title = 422, "Malformed webhook envelope"
+
+
+class WebhookIdConflict(IngressError):
+    status, title = 409, "Webhook id reused with a different body"
+
+
+class RateLimited(IngressError):
+    status, title = 429, "Rate limited"
+
+
+class Unavailable(IngressError):
+    status, title = 503, "Cannot record the webhook durably right now"
+
+
+class OperatorError(SwitchboardError):
+    """An operator API request refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class PermanentEventError(SwitchboardError):
+    """An event that can never take effect, whatever the retries."""

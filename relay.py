@@ -1,0 +1,232 @@
+"""The inbox relay: turns recorded webhooks into workflow starts, at the engine's pace.
+
+The ingress only writes the inbox (``webhooks`` rows, status ``received``) and NOTIFYs. The relay,
+hosted by the worker process, LISTENs, claims rows with a lease (``FOR UPDATE SKIP LOCKED``, so
+several workers can share the inbox), starts each workflow with eager start and an id derived
+from the webhook, then marks the rows started. Money is claimed before balance updates, and in
+arrival order within a priority. It keeps at most ``relay_max_in_flight`` workflows running, so a
+burst waits in Postgres, where priority is exact, rather than in Temporal's task queue. If
+Temporal is down, rows simply stay ``received`` until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import (
+    Priority,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from core.contracts import (
+    ENTITY_ID,
+    EVENT_TYPE,
+    MERCHANT_ID,
+    PARTNER_ID,
+    WEBHOOK_ID,
+    WebhookInput,
+    webhook_workflow_id,
+)
+from core.metrics import INBOX_DEPTH, RELAY_LAG, WORKFLOWS_STARTED
+from core.settings import Settings
+from workflows.webhook import WebhookWorkflow
+
+__all__ = ["INBOX_CHANNEL", "InboxRelay"]
+
+INBOX_CHANNEL = "switchboard_inbox"
+# Starting is idempotent (the workflow id is the webhook's), so the lease only stops two relays
+# doing the same start at once; a short one lets a restarted worker pick up a dead relay's rows.
+LEASE_SECONDS = 5
+log = logging.getLogger("switchboard.relay")
+
+_CLAIM = """
+WITH capacity AS (
+    SELECT greatest(0, $2 - (SELECT count(*) FROM webhooks WHERE status = 'started'))::int AS n
+), next_in_line AS (
+    SELECT id FROM webhooks
+    WHERE status = 'received'
+      AND (relay_lease_until IS NULL OR relay_lease_until < clock_timestamp())
+    ORDER BY priority, id
+    LIMIT least($1, (SELECT n FROM capacity))
+    FOR UPDATE SKIP LOCKED
+), waited_on AS (
+    -- Earlier events that running workflows wait for (per-entity order) are claimed even at
+    -- capacity: otherwise a relay full of waiting workflows could never start what they need.
+    SELECT earlier.id FROM webhooks running
+    JOIN webhooks earlier ON earlier.partner_id = running.partner_id
+        AND earlier.entity_key = running.entity_key AND earlier.id < running.id
+    WHERE running.status = 'started' AND earlier.status = 'received'
+      AND (earlier.relay_lease_until IS NULL OR earlier.relay_lease_until < clock_timestamp())
+    LIMIT $1
+    FOR UPDATE OF earlier SKIP LOCKED
+), claimed AS (
+    UPDATE webhooks SET relay_lease_until = clock_timestamp() + make_interval(secs => $3)
+    WHERE id IN (SELECT id FROM next_in_line UNION SELECT id FROM waited_on)
+    RETURNING id, event_id, partner_id, webhook_id, event_type, entity_key, merchant_id,
+              priority, run_count, recorded_at
+)
+-- RETURNING comes back in table order; starts must go out money first, then by arrival.
+SELECT * FROM claimed ORDER BY priority, id
+"""
+
+
+class InboxRelay:
+    """Starts one :class:`WebhookWorkflow` per recorded webhook; see the module docstring."""
+
+    def __init__(self, pool: asyncpg.Pool, client: Client, settings: Settings) -> None:
+        self._pool = pool
+        self._client = client
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._starts = asyncio.Semaphore(settings.relay_start_concurrency)
+        self._backoff = 0.1
+        self._depth_reported_at = 0.0
+
+    async def run(self) -> None:
+        """Relay until cancelled, surviving Postgres and Temporal outages."""
+        while True:
+            try:
+                await self._listen_and_drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("relay interrupted, retrying in %.1fs: %r", self._backoff, error)
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 5.0)
+
+    async def drain(self) -> int:
+        """Start workflows for every startable row now; returns how many were started."""
+        total = 0
+        while True:
+            rows = await self._pool.fetch(
+                _CLAIM,
+                self._settings.relay_batch_size,
+                self._settings.relay_max_in_flight,
+                float(LEASE_SECONDS),
+            )
+            if not rows:
+                return total
+            results = await asyncio.gather(*map(self._start, rows))
+            started = [(row, at) for row, at in zip(rows, results, strict=True) if at]
+            if started:
+                # The workflow may already have finished (eager start): keep its final status.
+                # The run count guards against marking a row an operator has replayed since.
+                await self._pool.execute(
+                    "UPDATE webhooks w SET workflow_started_at = coalesce(w.workflow_started_at,"
+                    " s.at), relay_lease_until = NULL, status = CASE w.status"
+                    " WHEN 'received' THEN 'started' ELSE w.status END"
+                    " FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS s(id, at, run)"
+                    " WHERE w.id = s.id AND w.run_count = s.run",
+                    [row["id"] for row, _ in started],
+                    [at for _, at in started],
+                    [row["run_count"] for row, _ in started],
+                )
+                total += len(started)
+            if len(started) < len(rows):
+                refused = {row["id"] for row in rows} - {row["id"] for row, _ in started}
+                await self._pool.execute(
+                    "UPDATE webhooks SET relay_lease_until = NULL WHERE id = ANY($1::bigint[])",
+                    list(refused),
+                )
+                raise ConnectionError(f"Temporal refused {len(refused)} starts")
+
+    async def _listen_and_drain(self) -> None:
+        listener = await asyncpg.connect(self._settings.database_url)
+        try:
+            await listener.add_listener(INBOX_CHANNEL, self._on_notify)
+            while True:
+                await self._report_depth()
+                started = await self.drain()
+                self._backoff = 0.1
+                if started == 0 and await self._at_capacity():
+                    # Running workflows finish in milliseconds; check again soon.
+                    await asyncio.sleep(0.02)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.relay_sweep_seconds)
+                self._wake.clear()
+                if listener.is_closed():
+                    raise ConnectionError("lost the LISTEN connection")
+        finally:
+            await listener.close(timeout=2)
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _at_capacity(self) -> bool:
+        waiting = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM webhooks WHERE status = 'received'"
+            " AND (relay_lease_until IS NULL OR relay_lease_until < clock_timestamp()))"
+        )
+        return bool(waiting)
+
+    async def _report_depth(self) -> None:
+        # Counting a deep backlog is not free; once a second is plenty for a gauge.
+        now = time.monotonic()
+        if now - self._depth_reported_at < 1.0:
+            return
+        self._depth_reported_at = now
+        INBOX_DEPTH.set(
+            await self._pool.fetchval("SELECT count(*) FROM webhooks WHERE status = 'received'")
+        )
+
+    async def _start(self, row: asyncpg.Record) -> datetime | None:
+        """Start the row's workflow; returns when the start was requested, or None if refused."""
+        workflow_id = webhook_workflow_id(row["partner_id"], row["webhook_id"], row["run_count"])
+        attributes = [
+            SearchAttributePair(PARTNER_ID, row["partner_id"]),
+            SearchAttributePair(EVENT_TYPE, row["event_type"]),
+            SearchAttributePair(WEBHOOK_ID, row["webhook_id"]),
+        ]
+        if row["merchant_id"]:
+            attributes.append(SearchAttributePair(MERCHANT_ID, row["merchant_id"]))
+        if row["entity_key"]:
+            attributes.append(SearchAttributePair(ENTITY_ID, row["entity_key"]))
+        async with self._starts:
+            requested_at = datetime.now(UTC)
+            try:
+                await self._client.start_workflow(
+                    WebhookWorkflow.run,
+                    WebhookInput(
+                        event_id=row["event_id"],
+                        partner_id=row["partner_id"],
+                        webhook_id=row["webhook_id"],
+                        event_type=row["event_type"],
+                        dependency_window_seconds=self._settings.dependency_window_seconds,
+                    ),
+                    id=workflow_id,
+                    task_queue=self._settings.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    search_attributes=TypedSearchAttributes(attributes),
+                    memo={"event_id": row["event_id"], "recorded_at": str(row["recorded_at"])},
+                    static_summary=_summary(row),
+                    priority=Priority(priority_key=row["priority"]),
+                    request_eager_start=True,
+                )
+            except WorkflowAlreadyStartedError:
+                WORKFLOWS_STARTED.labels("already_started").inc()
+            except Exception as error:
+                WORKFLOWS_STARTED.labels("failed").inc()
+                log.warning("could not start %s: %r", workflow_id, error)
+                return None
+            else:
+                WORKFLOWS_STARTED.labels("started").inc()
+        RELAY_LAG.observe((requested_at - row["recorded_at"]).total_seconds())
+        return requested_at
+
+
+def _summary(row: asyncpg.Record) -> str:
+    subject = row["entity_key"] or row["merchant_id"] or "unrouted"
+    return f"{row['event_type']} · {subject} · from {row['partner_id']} ({row['event_id']})"

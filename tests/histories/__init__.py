@@ -1,0 +1,1 @@
+"""Committed workflow histories for the determinism (replay) test; ``record.py`` makes them."""

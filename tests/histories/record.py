@@ -1,0 +1,107 @@
+"""Record one history per path through :class:`WebhookWorkflow` into ``tests/histories/``.
+
+Run ``./run python -m tests.histories.record`` after changing a workflow *on purpose* (and then
+guard old runs with ``workflow.patched``); ``tests/workflows/test_replay.py`` replays these files
+with the current code so an accidental non-deterministic change fails CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+
+import httpx
+from temporalio.client import Client
+
+from cli.devstack import EmbeddedPostgres, EmbeddedRedis, TemporalDevServer, free_port
+from core.contracts import SEARCH_ATTRIBUTES, webhook_workflow_id
+from core.settings import Settings
+from tests.support import (
+    add_partner,
+    fresh_database,
+    running_api,
+    running_worker,
+    stores,
+    wait_for,
+)
+
+HERE = Path(__file__).parent
+log = logging.getLogger("record")
+
+
+async def record(scratch: Path) -> None:
+    with (
+        EmbeddedPostgres(scratch / "pg", free_port()) as postgres,
+        EmbeddedRedis(scratch / "redis", free_port()) as redis_server,
+        TemporalDevServer(
+            None,
+            free_port(),
+            ui_port=None,
+            search_attributes=[key.name for key in SEARCH_ATTRIBUTES],
+        ) as temporal,
+    ):
+        settings = Settings(
+            environment="test",
+            database_url=await fresh_database(postgres.url),
+            redis_url=redis_server.url,
+            temporal_address=temporal.address,
+            task_queue=f"record-{uuid.uuid4().hex[:6]}",
+            dependency_window_seconds=2.0,
+        )
+        client = await Client.connect(temporal.address)
+        async with (
+            stores(settings) as (pool, redis),
+            running_api(settings) as api_url,
+            httpx.AsyncClient(base_url=api_url) as http,
+            running_worker(settings, client, pool, redis),
+        ):
+            partner = await add_partner(pool, http)
+            common = {"merchant_id": "m_rec", "currency": "EUR"}
+
+            async def send(name: str, event_type: str, **data: object) -> str:
+                body = partner.envelope(event_type, **common, **data)
+                response = await partner.post(body, webhook_id=f"msg_{name}")
+                assert response.status_code == 202, response.text
+                return webhook_workflow_id(partner.id, f"msg_{name}")
+
+            scenarios = {
+                "refund_waits_then_woken": await send(
+                    "refund_first", "refund.succeeded", refund_id="r1", payment_id="p1", amount=1
+                ),
+            }
+
+            async def refund_waiting() -> bool:
+                return bool(await pool.fetchval("SELECT 1 FROM webhooks WHERE status = 'waiting'"))
+
+            await wait_for(refund_waiting, what="the refund to wait")
+            scenarios["payment_applied_wakes_refund"] = await send(
+                "payment", "payment.succeeded", payment_id="p1", amount=10
+            )
+            scenarios["refund_parked_after_window"] = await send(
+                "orphan", "refund.succeeded", refund_id="r2", payment_id="p_none", amount=1
+            )
+            scenarios["refund_exceeding_dead_lettered"] = await send(
+                "too_much", "refund.succeeded", refund_id="r3", payment_id="p1", amount=100
+            )
+            scenarios["payment_applied_and_published"] = await send(
+                "plain", "payment.succeeded", payment_id="p2", amount=10
+            )
+            scenarios["unknown_type_ignored"] = await send("unknown", "dispute.created", x=1)
+            for name, workflow_id in scenarios.items():
+                handle = client.get_workflow_handle(workflow_id)
+                outcome = await asyncio.wait_for(handle.result(), timeout=60)
+                history = await handle.fetch_history()
+                (HERE / f"{name}.json").write_text(history.to_json())
+                log.warning("%s: %s, %d events", name, outcome, len(history.events))
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        asyncio.run(record(Path(scratch)))
+
+
+if __name__ == "__main__":
+    main()

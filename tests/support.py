@@ -1,0 +1,222 @@
+"""Test harness: real servers for the api and the worker, a signing partner, and condition waits.
+
+Everything here runs the real processes' code in-process (uvicorn on a free port, a real Temporal
+worker and relay) against real Postgres, Redis and Temporal servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import uvicorn
+from redis.asyncio import Redis
+from temporalio.client import Client
+
+from api.app import create_app
+from cli.devstack import free_port
+from core.db import connect_pool, migrate
+from core.settings import Settings
+from core.signing import sign_headers
+from relay import InboxRelay
+from worker import build_worker
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns something truthy, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def fresh_database(admin_url: str) -> str:
+    """Create an empty, migrated database on the server of ``admin_url``; return its URL."""
+    name = f"sb_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, _ = admin_url.rpartition("/")
+    url = f"{base}/{name}"
+    await asyncio.to_thread(migrate, url)
+    return url
+
+
+async def isolated_settings(base: Settings, postgres_admin_url: str, **overrides: Any) -> Settings:
+    """``base`` with a database and a task queue of its own, so no other relay sees its rows."""
+    return base.model_copy(
+        update={
+            "database_url": await fresh_database(postgres_admin_url),
+            "task_queue": f"tq-{uuid.uuid4().hex[:8]}",
+            **overrides,
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[str]:
+    """Serve the real api app with uvicorn on a free port; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws="none",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(_started(server, task), timeout=20, what="the api to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        if task.done():
+            task.result()
+            raise AssertionError("the api exited during startup")
+        return server.started
+
+    return probe
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, client: Client, pool: asyncpg.Pool, redis: Redis, *, relay: bool = True
+) -> AsyncIterator[None]:
+    """Run the real Temporal worker (and, by default, the inbox relay) in this process."""
+    worker = build_worker(client, settings, pool, redis)
+    async with worker:
+        relay_task = (
+            asyncio.create_task(InboxRelay(pool, client, settings).run()) if relay else None
+        )
+        try:
+            yield
+        finally:
+            if relay_task is not None:
+                relay_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay_task
+
+
+@dataclass
+class Partner:
+    """A partner registered in the database, able to sign and send webhooks to an api."""
+
+    id: str
+    secret: str
+    http: httpx.AsyncClient
+    sent: int = field(default=0)
+
+    def envelope(self, event_type: str, **data: Any) -> bytes:
+        return json.dumps({"type": event_type, "data": data}).encode()
+
+    async def post(
+        self,
+        body: bytes,
+        *,
+        webhook_id: str | None = None,
+        timestamp: int | None = None,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> httpx.Response:
+        """Sign ``body`` (fresh webhook id unless given) and POST it to the ingress."""
+        self.sent += 1
+        webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+        signed = sign_headers(self.secret, webhook_id, body, now=timestamp or int(time.time()))
+        return await self.http.post(
+            f"/webhooks/{self.id}",
+            content=body,
+            headers={"content-type": content_type, **signed, **(headers or {})},
+        )
+
+    async def send(self, event_type: str, *, webhook_id: str | None = None, **data: Any) -> str:
+        """Send one event and return its event id, asserting it was accepted."""
+        response = await self.post(self.envelope(event_type, **data), webhook_id=webhook_id)
+        assert response.status_code in (200, 202), response.text
+        event_id: str = response.json()["event_id"]
+        return event_id
+
+
+async def add_partner(pool: asyncpg.Pool, http: httpx.AsyncClient, **options: Any) -> Partner:
+    """Register a partner with a unique id and return it, ready to send to ``http``."""
+    from api.partners import create_partner
+
+    partner_id = f"p-{uuid.uuid4().hex[:10]}"
+    async with pool.acquire() as conn:
+        secret = await create_partner(conn, partner_id, partner_id, **options)
+    return Partner(partner_id, secret, http)
+
+
+async def wait_for_status(
+    pool: asyncpg.Pool, event_id: str, status: str, *, timeout: float = 30.0
+) -> None:
+    """Wait until the webhook ``event_id`` has reached ``status``."""
+
+    async def reached() -> bool:
+        return await status_of(pool, event_id) == status
+
+    await wait_for(reached, timeout=timeout, what=f"{event_id} to be {status}")
+
+
+async def status_of(pool: asyncpg.Pool, event_id: str) -> str | None:
+    status: str | None = await pool.fetchval(
+        "SELECT status FROM webhooks WHERE event_id = $1", event_id
+    )
+    return status
+
+
+async def wait_settled(
+    pool: asyncpg.Pool, event_ids: list[str], *, timeout: float = 60.0
+) -> dict[str, str]:
+    """Wait until every event reached a final status; returns ``{event_id: status}``."""
+
+    async def probe() -> dict[str, str] | None:
+        rows = await pool.fetch(
+            "SELECT event_id, status FROM webhooks WHERE event_id = ANY($1::text[])"
+            " AND status IN ('processed', 'ignored', 'dead_lettered')",
+            event_ids,
+        )
+        settled = {row["event_id"]: row["status"] for row in rows}
+        return settled if len(settled) == len(set(event_ids)) else None
+
+    return await wait_for(probe, timeout=timeout, what=f"{len(event_ids)} events to settle")
+
+
+@contextlib.asynccontextmanager
+async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+    """A pool and a Redis client for ``settings``, closed afterwards."""
+    pool = await connect_pool(settings.database_url, size=5)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        yield pool, redis
+    finally:
+        await redis.aclose()
+        await pool.close()
