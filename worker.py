@@ -1,7 +1,9 @@
-"""Composition root of the durable side: the Temporal worker plus the inbox relay.
+"""Composition root of the durable side: the Temporal workers plus the inbox and delivery relays.
 
 Reads settings, connects Temporal, Postgres and Redis, builds the activity objects with their
 clients injected, lists the workflows and activities explicitly, and runs until SIGTERM/SIGINT.
+Webhook workflows (money) and delivery lanes (outbound webhooks and email) poll separate task
+queues with separate slots, so money never waits behind outbound traffic.
 ``python worker.py`` and ``switchboard worker`` both land in :func:`main`.
 """
 
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -22,18 +25,23 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from activities.deliveries import DeliveryActivities
+from activities.email import Mailer
 from activities.ledger import LedgerActivities
 from activities.publish import PublishActivities
 from core.db import connect_pool
+from core.egress import parse_allow_list, vetted_connection_pool
 from core.logs import configure_logging
 from core.realtime import connect_redis
 from core.settings import Settings
-from relay import InboxRelay
+from relays.deliveries import DeliveryRelay
+from relays.inbox import InboxRelay
+from workflows.delivery import DeliveryLaneWorkflow
 from workflows.webhook import WebhookWorkflow
 
-__all__ = ["WORKFLOWS", "build_worker", "main", "serve"]
+__all__ = ["WORKFLOWS", "build_delivery_worker", "build_worker", "main", "running_workers", "serve"]
 
-WORKFLOWS = [WebhookWorkflow]
+WORKFLOWS = [WebhookWorkflow, DeliveryLaneWorkflow]
 log = logging.getLogger("switchboard.worker")
 
 
@@ -41,19 +49,68 @@ def build_worker(client: Client, settings: Settings, pool: asyncpg.Pool, redis: 
     """The Temporal worker for webhook workflows, with every activity's clients injected."""
     ledger = LedgerActivities(pool)
     publish = PublishActivities(pool, redis)
-    # Determinism is enforced where it is cheap: the test suite runs workflows sandboxed and the
-    # replay test replays committed histories in the sandbox. Production skips the per-run cost.
-    runner = SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
-        workflow_runner=runner,
+        workflows=[WebhookWorkflow],
+        workflow_runner=_runner(settings),
         activities=[ledger.apply_event, ledger.park_event, publish.publish_event],
         max_concurrent_workflow_tasks=settings.relay_max_in_flight,
         max_concurrent_local_activities=settings.relay_max_in_flight,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+
+
+def build_delivery_worker(
+    client: Client, settings: Settings, pool: asyncpg.Pool, stack: AsyncExitStack
+) -> Worker:
+    """The Temporal worker for delivery lanes; its HTTP pool closes with ``stack``."""
+    http = vetted_connection_pool(allow=parse_allow_list(settings.delivery_allow_networks))
+    stack.push_async_callback(http.aclose)
+    mailer = Mailer(
+        settings.smtp_host, settings.smtp_port, settings.smtp_sender, settings.smtp_timeout_seconds
+    )
+    deliveries = DeliveryActivities(pool, http, mailer, settings)
+    return Worker(
+        client,
+        task_queue=settings.delivery_task_queue,
+        workflows=[DeliveryLaneWorkflow],
+        workflow_runner=_runner(settings),
+        activities=[deliveries.attempt_delivery],
+        max_concurrent_workflow_tasks=settings.delivery_max_in_flight,
+        max_concurrent_local_activities=settings.delivery_max_in_flight,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+def _runner(settings: Settings) -> SandboxedWorkflowRunner | UnsandboxedWorkflowRunner:
+    # Determinism is enforced where it is cheap: the test suite runs workflows sandboxed and the
+    # replay test replays committed histories in the sandbox. Production skips the per-run cost.
+    return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+
+
+@contextlib.asynccontextmanager
+async def running_workers(
+    client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis, *, relays: bool = True
+) -> AsyncIterator[None]:
+    """Both Temporal workers and (by default) both relays, until the block exits."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(build_worker(client, settings, pool, redis))
+        await stack.enter_async_context(build_delivery_worker(client, settings, pool, stack))
+        if relays:
+            for relay in (
+                InboxRelay(pool, client, settings),
+                DeliveryRelay(pool, client, settings),
+            ):
+                task = asyncio.create_task(relay.run(), name=type(relay).__name__)
+                stack.push_async_callback(_cancel, task)
+        yield
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
@@ -78,15 +135,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(pool.close)
         redis = connect_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)
-        worker = build_worker(client, settings, pool, redis)
-        relay = InboxRelay(pool, client, settings)
-        async with worker:
-            relay_task = asyncio.create_task(relay.run(), name="relay")
-            log.info("worker ready on task queue %s", settings.task_queue)
+        async with running_workers(client, settings, pool, redis):
+            log.info(
+                "worker ready on task queues %s and %s",
+                settings.task_queue,
+                settings.delivery_task_queue,
+            )
             await stop.wait()
-            relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay_task
 
 
 async def _main() -> None:

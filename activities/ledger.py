@@ -16,6 +16,8 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from activities.deliveries import plan_deliveries
+from core.audit import audit, record_alert
 from core.contracts import (
     ApplyInput,
     ApplyResult,
@@ -128,66 +130,6 @@ async def _waiting_workflows(conn: Connection, hook: Row) -> list[str]:
     return [row["workflow_id"] for row in rows]
 
 
-async def _audit(
-    conn: Connection,
-    entity_type: str,
-    entity_id: str,
-    from_state: str | None,
-    to_state: str,
-    *,
-    actor: str,
-    reason: str,
-    event_id: str | None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (entity_type, entity_id, from_state, to_state, actor, reason,"
-        " event_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        entity_type,
-        entity_id,
-        from_state,
-        to_state,
-        actor,
-        reason,
-        event_id,
-    )
-
-
-async def record_alert(
-    conn: Connection,
-    *,
-    dedup_key: str,
-    kind: str,
-    severity: str,
-    summary: str,
-    details: dict[str, Any],
-) -> None:
-    """Open an alert, or count one more occurrence of the open alert with this dedup key."""
-    row = await conn.fetchrow(
-        "INSERT INTO alerts (dedup_key, kind, severity, summary, details)"
-        " VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (dedup_key) WHERE status <> 'resolved' DO UPDATE"
-        " SET occurrences = alerts.occurrences + 1, last_seen_at = now()"
-        " RETURNING id, occurrences",
-        dedup_key,
-        kind,
-        severity,
-        summary,
-        details,
-    )
-    assert row is not None
-    if row["occurrences"] == 1:
-        await _audit(
-            conn,
-            "alert",
-            str(row["id"]),
-            None,
-            "open",
-            actor="switchboard",
-            reason=summary,
-            event_id=details.get("event_id"),
-        )
-
-
 async def _dead_letter(conn: Connection, hook: Row, reason: str) -> None:
     await conn.execute(
         "INSERT INTO dead_letters (event_id, reason) VALUES ($1, $2)"
@@ -202,7 +144,7 @@ async def _dead_letter(conn: Connection, hook: Row, reason: str) -> None:
         hook["event_id"],
         reason,
     )
-    await _audit(
+    await audit(
         conn,
         "webhook",
         hook["event_id"],
@@ -326,6 +268,7 @@ class _Application:
                 "amount": data.amount,
                 "currency": data.currency,
                 "refunded_amount": 0,
+                "customer_email": data.customer_email,
             },
         )
 
@@ -405,7 +348,7 @@ class _Application:
             refunded,
             status,
         )
-        await _audit(
+        await audit(
             self.conn,
             "refund",
             f"{self.partner_id}:{data.refund_id}",
@@ -455,7 +398,7 @@ class _Application:
         )
 
     async def _audit_payment(self, payment_id: str, before: Row | None, to_state: str) -> None:
-        await _audit(
+        await audit(
             self.conn,
             "payment",
             f"{self.partner_id}:{payment_id}",
@@ -473,6 +416,7 @@ class _Application:
             " DO UPDATE SET last_seq = merchants.last_seq + 1 RETURNING last_seq",
             merchant_id,
         )
+        event_data = {"partner_id": self.partner_id, **data}
         await self.conn.execute(
             "INSERT INTO events (merchant_id, seq, event_id, type, data)"
             " VALUES ($1, $2, $3, $4, $5)",
@@ -480,7 +424,16 @@ class _Application:
             seq,
             self.event_id,
             self.hook["event_type"],
-            {"partner_id": self.partner_id, **data},
+            event_data,
+        )
+        await plan_deliveries(
+            self.conn,
+            event_id=self.event_id,
+            event_type=self.hook["event_type"],
+            merchant_id=merchant_id,
+            seq=seq,
+            entity=f"{self.partner_id}|{self.hook['entity_key'] or merchant_id}",
+            data=event_data,
         )
         await self._finish(WebhookStatus.PROCESSED, None)
         wake = await _waiting_workflows(self.conn, self.hook)

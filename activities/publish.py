@@ -6,13 +6,12 @@ message carries the merchant ``seq``, and clients drop a ``seq`` they already ha
 
 from __future__ import annotations
 
-import json
-
 import asyncpg
 from redis.asyncio import Redis
 from temporalio import activity
 
 from core.contracts import PublishInput, merchant_channel
+from core.merchant_events import encode_merchant_event
 
 __all__ = ["PublishActivities"]
 
@@ -28,22 +27,13 @@ class PublishActivities:
     async def publish_event(self, request: PublishInput) -> int:
         """Publish the event ``request.event_id`` produced; returns how many subscribers got it."""
         row = await self._pool.fetchrow(
-            "SELECT merchant_id, seq, type, data, created_at FROM events WHERE event_id = $1",
+            "SELECT merchant_id, seq, event_id, type, data, created_at FROM events"
+            " WHERE event_id = $1",
             request.event_id,
         )
         if row is None:
             return 0
-        message = json.dumps(
-            {
-                "merchant_id": row["merchant_id"],
-                "seq": row["seq"],
-                "event_id": request.event_id,
-                "type": row["type"],
-                "data": row["data"],
-                "occurred_at": row["created_at"].isoformat(),
-            },
-            separators=(",", ":"),
-        )
+        message = encode_merchant_event(row)
         receivers: int = await self._redis.publish(merchant_channel(row["merchant_id"]), message)
         await self._pool.execute(
             "UPDATE webhooks SET published_at = coalesce(published_at, clock_timestamp())"

@@ -13,9 +13,10 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import ingress, operator
+from api import dashboard, endpoints, ingress, operator
 from api.inbox import Inbox
 from api.partners import PartnerDirectory
 from api.problems import install_problem_handlers
@@ -89,6 +90,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(ingress.router)
     app.include_router(operator.router)
+    app.include_router(endpoints.router)
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     async def healthz() -> dict[str, str]:

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
+from api.secrets import rotate_owned_secret
 from core.db import Connection
 from core.errors import OperatorError, Unavailable
 from core.signing import generate_secret, parse_secret
@@ -117,23 +118,11 @@ async def create_partner(
 
 async def rotate_secret(
     conn: Connection, partner_id: str, *, overlap_seconds: int
-) -> tuple[str, datetime]:
+) -> tuple[str, datetime | None]:
     """Add a new secret; current secrets stay valid for ``overlap_seconds``. Returns both facts."""
-    secret = generate_secret()
     async with conn.transaction():
-        expires_at = await conn.fetchval(
-            "UPDATE partner_secrets SET expires_at = least(coalesce(expires_at, 'infinity'),"
-            " now() + make_interval(secs => $2)) WHERE partner_id = $1"
-            " AND (expires_at IS NULL OR expires_at > now())"
-            " RETURNING expires_at",
-            partner_id,
-            float(overlap_seconds),
-        )
-        if expires_at is None and not await conn.fetchval(
-            "SELECT 1 FROM partners WHERE id = $1", partner_id
-        ):
+        if not await conn.fetchval("SELECT 1 FROM partners WHERE id = $1", partner_id):
             raise OperatorError(404, f"no partner {partner_id!r}")
-        await conn.execute(
-            "INSERT INTO partner_secrets (partner_id, secret) VALUES ($1, $2)", partner_id, secret
+        return await rotate_owned_secret(
+            conn, "partner_secrets", partner_id, overlap_seconds=overlap_seconds
         )
-    return secret, expires_at

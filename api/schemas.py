@@ -15,6 +15,14 @@ __all__ = [
     "ApiKeyCreated",
     "ApiKeyIn",
     "DeadLetter",
+    "DeliveryAttemptOut",
+    "DeliveryOut",
+    "DeliveryReplayFilter",
+    "EndpointCreated",
+    "EndpointIn",
+    "EndpointOut",
+    "EndpointPatch",
+    "EndpointSecretRotated",
     "EventOut",
     "Merchant",
     "MerchantIn",
@@ -164,3 +172,89 @@ class Stats(BaseModel):
     by_status: dict[str, int]
     open_alerts: int
     dead_letters: int
+
+
+class EndpointIn(BaseModel):
+    merchant_id: Id
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    description: Annotated[str, Field(max_length=500)] = ""
+    event_types: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None, description="Event types to receive; omit for all."
+    )
+
+
+class EndpointPatch(BaseModel):
+    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    description: Annotated[str, Field(max_length=500)] | None = None
+    event_types: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
+
+
+class EndpointOut(BaseModel):
+    id: str
+    merchant_id: str
+    url: str
+    description: str
+    event_types: list[str] | None
+    status: Literal["active", "paused", "disabled", "deleted"]
+    status_reason: str | None
+    consecutive_failures: int
+    failing_since: datetime | None
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    circuit_open_until: datetime | None
+    deliveries: dict[str, int] = Field(default_factory=dict, description="Deliveries by status.")
+    created_at: datetime
+
+
+class EndpointCreated(EndpointOut):
+    secret: str = Field(description="The endpoint's whsec_ signing secret (shown once).")
+
+
+class EndpointSecretRotated(BaseModel):
+    endpoint_id: str
+    secret: str
+    previous_secrets_expire_at: datetime | None
+
+
+class DeliveryAttemptOut(BaseModel):
+    delivery_id: str
+    endpoint_id: str | None
+    attempt: int
+    cycle: int
+    scheduled_at: datetime
+    started_at: datetime
+    latency_ms: float
+    outcome: str
+    status_code: int | None
+    error: str | None
+    response_sha256: str | None
+    response_head: str | None
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="The webhook-id: the same on every attempt and replay.")
+    event_id: str
+    merchant_id: str
+    seq: int
+    channel: Literal["webhook", "email"]
+    endpoint_id: str | None
+    recipient: str | None
+    template: str | None
+    status: Literal["pending", "succeeded", "dead_lettered", "cancelled"]
+    attempts: int
+    cycle: int
+    last_error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    attempt_log: list[DeliveryAttemptOut] = []
+
+
+class DeliveryReplayFilter(BaseModel):
+    endpoint_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    dry_run: bool = Field(True, description="Count what would be replayed, change nothing.")
+    limit: Annotated[int, Field(gt=0, le=10_000)] = 1000
+    rate_per_second: Annotated[float, Field(gt=0, le=1000)] = Field(
+        10.0, description="Replayed deliveries are released at most this fast."
+    )

@@ -1,10 +1,11 @@
 """``switchboard dev``: the whole stack on embedded defaults, in one foreground command.
 
 Starts Postgres, Redis (Valkey) and the Temporal dev server (with its Web UI and a persistent
-database file) from installed wheels, applies the migrations, starts the api and the worker as
-child processes, makes sure a demo partner and merchant exist, prints the URLs and a ready-to-run
-example, then waits. Ctrl-C (or SIGTERM) stops the processes, then the services, in that order.
-Data stays in ``SWITCHBOARD_DATA_DIR`` so the next run picks up where this one stopped.
+database file) from installed wheels and an SMTP sink that keeps every email in a Maildir,
+applies the migrations, starts the api, the worker and the WebSocket gateway as child processes,
+makes sure a demo partner and merchant exist, prints the URLs and a ready-to-run example, then
+waits. Ctrl-C (or SIGTERM) stops the processes, then the services, in that order. Data stays in
+``SWITCHBOARD_DATA_DIR`` so the next run picks up where this one stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import httpx
 
 from api.partners import create_partner
 from cli.devstack import EmbeddedPostgres, EmbeddedRedis, ServiceError, TemporalDevServer
+from cli.mailsink import MailSink
+from cli.outbound import maildir
 from core.contracts import SEARCH_ATTRIBUTES
 from core.db import migrate
 from core.settings import Settings
@@ -85,7 +88,10 @@ def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
             )
             for service in (postgres, redis, temporal):
                 stack.enter_context(service)
-        except ServiceError as error:
+            mail = stack.enter_context(
+                MailSink(maildir(settings).absolute(), port=settings.smtp_port)
+            )
+        except (ServiceError, OSError) as error:
             say(f"[red]{error}[/red]")
             return 1
         env = {
@@ -94,12 +100,19 @@ def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
             "SWITCHBOARD_REDIS_URL": redis.url,
             "SWITCHBOARD_TEMPORAL_ADDRESS": temporal.address,
             "SWITCHBOARD_TEMPORAL_UI_URL": temporal.ui_url or settings.temporal_ui_url,
+            "SWITCHBOARD_SMTP_HOST": mail.host,
+            "SWITCHBOARD_SMTP_PORT": str(mail.port),
+            # Development only: let merchant endpoints on this machine receive deliveries.
+            "SWITCHBOARD_DELIVERY_ALLOW_NETWORKS": settings.delivery_allow_networks
+            or "127.0.0.0/8,::1/128",
         }
         say("Applying migrations ...")
         migrate(postgres.url)
         state = asyncio.run(_ensure_demo_tenants(settings, postgres.url))
         (data_dir / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
-        processes = {name: _spawn(stack, name, env, data_dir) for name in ("api", "worker")}
+        processes = {
+            name: _spawn(stack, name, env, data_dir) for name in ("api", "worker", "gateway")
+        }
         if not _wait_for_api(settings.public_base_url, processes["api"], timeout=60):
             say("[red]The api did not come up; see .switchboard/logs/api.log[/red]")
             return 1
@@ -188,10 +201,13 @@ def _banner(
 [bold]Switchboard (development)[/bold]
   Ingress            POST {api}/webhooks/{{partner_id}}
   Operator API docs  {api}/docs      (API key: SWITCHBOARD_ADMIN_API_KEY, default sb_dev_admin_key)
+  Live dashboard     {api}/dashboard?merchant={state.merchant_id}
+  Gateway            {settings.gateway_public_url}/ws   (health and metrics: /healthz, /metrics)
   Temporal Web UI    {temporal.ui_url}
   Temporal address   {temporal.address}
   Postgres           {database_url}
   Redis              {redis_url}
+  Mail sink          smtp://{settings.smtp_host}:{settings.smtp_port}  (./run switchboard mail list)
   Logs               {settings.data_dir}/logs/
   Demo partner       {state.partner_id}   secret {state.partner_secret}
   Demo merchant      {state.merchant_id}
@@ -199,4 +215,7 @@ def _banner(
 Send a signed webhook (in another terminal):
   ./run switchboard send payment.succeeded --merchant {state.merchant_id} --amount 1250
   ./run switchboard demo --rate 20 --duration 30
+
+Receive the demo merchant's events as signed webhooks (URL of your own receiver):
+  ./run switchboard endpoints add {state.merchant_id} http://127.0.0.1:9000/webhooks
 """

@@ -1,9 +1,10 @@
 """The ``switchboard`` command line: run the processes, and operate the system from a terminal.
 
-Process commands (``dev``, ``api``, ``worker``, ``migrate``) run code in this process. Operator
-commands (``partners``, ``merchants``, ``trace``, ``events``, ``dead-letters``, ``alerts``) are
-clients of the operator API at ``SWITCHBOARD_PUBLIC_BASE_URL``; ``send`` and ``demo`` sign
-webhooks like a partner would. Every command takes ``--json`` for machine-readable output.
+Process commands (``dev``, ``api``, ``worker``, ``gateway``, ``migrate``) run code in this
+process. Operator commands (``partners``, ``merchants``, ``trace``, ``events``, ``dead-letters``,
+``alerts``) are clients of the operator API at ``SWITCHBOARD_PUBLIC_BASE_URL``; ``send`` and
+``demo`` sign webhooks like a partner would. Every command takes ``--json`` for machine-readable
+output.
 """
 
 from __future__ import annotations
@@ -12,21 +13,19 @@ import json
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli.client import Json, call, console, emit, fail, operator_client
 from cli.dev import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state, run_dev
+from cli.outbound import deliveries_app, endpoints_app, mail_app
 from core.settings import Settings
 from core.signing import sign_headers
 
 __all__ = ["app"]
-
-console = Console(soft_wrap=True)
-err = Console(stderr=True)
 
 
 def _settings_help() -> str:
@@ -51,45 +50,9 @@ app.add_typer(merchants_app, name="merchants")
 app.add_typer(dead_letters_app, name="dead-letters")
 api_keys_app = typer.Typer(help="Create operator API keys.", no_args_is_help=True)
 app.add_typer(api_keys_app, name="api-keys")
-
-Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _emit(as_json: bool, data: Any, human: Any = None) -> None:
-    if as_json:
-        typer.echo(json.dumps(data, indent=2, default=str))
-    else:
-        console.print(human if human is not None else data)
-
-
-def _fail(message: str, as_json: bool, code: int = 1) -> NoReturn:
-    if as_json:
-        typer.echo(json.dumps({"error": message}))
-    else:
-        err.print(f"[red]{message}[/red]")
-    raise typer.Exit(code)
-
-
-def _operator(settings: Settings) -> httpx.Client:
-    return httpx.Client(
-        base_url=settings.public_base_url,
-        headers={"authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"},
-        timeout=30,
-    )
-
-
-def _call(as_json: bool, method: str, path: str, **kwargs: Any) -> Any:
-    settings = Settings()
-    try:
-        with _operator(settings) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as error:
-        _fail(f"cannot reach the api at {settings.public_base_url}: {error}", as_json)
-    if response.status_code >= 400:
-        detail = response.json().get("detail") if response.content else response.reason_phrase
-        _fail(f"{response.status_code}: {detail}", as_json)
-    return response.json()
-
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(mail_app, name="mail")
 
 # -- processes ---------------------------------------------------------------------------------
 
@@ -127,6 +90,14 @@ def worker() -> None:
 
 
 @app.command()
+def gateway() -> None:
+    """Run the WebSocket gateway (live merchant feeds for dashboards) until SIGTERM."""
+    from gateway.server import main as run_gateway
+
+    run_gateway()
+
+
+@app.command()
 def bench(
     quick: Annotated[bool, typer.Option(help="A short smoke run (about a minute).")] = False,
 ) -> None:
@@ -142,7 +113,7 @@ def migrate(as_json: Json = False) -> None:
     from core.db import migrate as apply_migrations
 
     apply_migrations(Settings().database_url)
-    _emit(as_json, {"migrated": True}, "Migrations applied.")
+    emit(as_json, {"migrated": True}, "Migrations applied.")
 
 
 # -- partners and merchants --------------------------------------------------------------------
@@ -157,14 +128,14 @@ def partners_add(
 ) -> None:
     """Create a partner and print its signing secret (shown once)."""
     body = {"id": partner_id, "name": name, "rate_limit_per_second": rate_limit}
-    created = _call(as_json, "POST", "/v1/partners", json=body)
-    _emit(as_json, created, f"Partner [bold]{created['id']}[/bold]\nSecret  {created['secret']}")
+    created = call(as_json, "POST", "/v1/partners", json=body)
+    emit(as_json, created, f"Partner [bold]{created['id']}[/bold]\nSecret  {created['secret']}")
 
 
 @partners_app.command("list")
 def partners_list(as_json: Json = False) -> None:
     """List partners."""
-    partners = _call(as_json, "GET", "/v1/partners")
+    partners = call(as_json, "GET", "/v1/partners")
     table = Table("id", "name", "rate limit/s", "live secrets", "created")
     for p in partners:
         table.add_row(
@@ -174,7 +145,7 @@ def partners_list(as_json: Json = False) -> None:
             str(p["live_secrets"]),
             p["created_at"],
         )
-    _emit(as_json, partners, table)
+    emit(as_json, partners, table)
 
 
 @partners_app.command("rotate")
@@ -184,10 +155,10 @@ def partners_rotate(
     as_json: Json = False,
 ) -> None:
     """Add a new secret; the current ones keep verifying during the overlap."""
-    rotated = _call(
+    rotated = call(
         as_json, "POST", f"/v1/partners/{partner_id}/secrets", params={"overlap_seconds": overlap}
     )
-    _emit(
+    emit(
         as_json,
         rotated,
         f"New secret {rotated['secret']}\n"
@@ -202,8 +173,8 @@ def api_keys_add(
     as_json: Json = False,
 ) -> None:
     """Create an operator API key with scopes and print it (shown once)."""
-    created = _call(as_json, "POST", "/v1/api-keys", json={"name": name, "scopes": scope})
-    _emit(as_json, created, f"Key {created['key']}  scopes {', '.join(created['scopes'])}")
+    created = call(as_json, "POST", "/v1/api-keys", json={"name": name, "scopes": scope})
+    emit(as_json, created, f"Key {created['key']}  scopes {', '.join(created['scopes'])}")
 
 
 @merchants_app.command("add")
@@ -214,20 +185,20 @@ def merchants_add(
     as_json: Json = False,
 ) -> None:
     """Create (or update) a merchant."""
-    merchant = _call(
+    merchant = call(
         as_json, "POST", "/v1/merchants", json={"id": merchant_id, "name": name, "email": email}
     )
-    _emit(as_json, merchant, f"Merchant [bold]{merchant['id']}[/bold]")
+    emit(as_json, merchant, f"Merchant [bold]{merchant['id']}[/bold]")
 
 
 @merchants_app.command("list")
 def merchants_list(as_json: Json = False) -> None:
     """List merchants with their latest event sequence number."""
-    merchants = _call(as_json, "GET", "/v1/merchants")
+    merchants = call(as_json, "GET", "/v1/merchants")
     table = Table("id", "name", "email", "last seq")
     for m in merchants:
         table.add_row(m["id"], m["name"] or "", m["email"] or "", str(m["last_seq"]))
-    _emit(as_json, merchants, table)
+    emit(as_json, merchants, table)
 
 
 # -- webhooks ----------------------------------------------------------------------------------
@@ -281,7 +252,7 @@ def _partner_credentials(
     partner = partner or (state.partner_id if state else DEMO_PARTNER)
     if secret is None:
         if state is None or state.partner_id != partner:
-            _fail(f"pass --secret for partner {partner!r} (no dev state for it)", as_json)
+            fail(f"pass --secret for partner {partner!r} (no dev state for it)", as_json)
         secret = state.partner_secret
     return settings.public_base_url, partner, secret
 
@@ -319,7 +290,7 @@ def send(
             f"{base_url}/webhooks/{partner_id}", content=body, headers=headers, timeout=30
         )
     except httpx.HTTPError as error:
-        _fail(f"cannot reach the api at {base_url}: {error}", as_json)
+        fail(f"cannot reach the api at {base_url}: {error}", as_json)
     result = {"status": response.status_code, "webhook_id": msg_id, **response.json()}
     human = (
         f"{response.status_code} {event_type} → event {result.get('event_id')}\n"
@@ -327,7 +298,7 @@ def send(
         if response.status_code < 300
         else f"{response.status_code}: {result.get('detail')}"
     )
-    _emit(as_json, result, human)
+    emit(as_json, result, human)
     if response.status_code >= 300:
         raise typer.Exit(1)
 
@@ -346,8 +317,8 @@ def demo(
 
     base_url, partner_id, key = _partner_credentials(partner, secret, as_json)
     plan = DemoPlan(base_url, partner_id, key, rate, duration, merchants)
-    report = run_demo(plan, operator=_operator(Settings()), show_progress=not as_json)
-    _emit(as_json, report.__dict__, report.summary())
+    report = run_demo(plan, operator=operator_client(Settings()), show_progress=not as_json)
+    emit(as_json, report.__dict__, report.summary())
     if report.failed:
         raise typer.Exit(1)
 
@@ -358,7 +329,7 @@ def demo(
 @app.command()
 def trace(event_id: str, as_json: Json = False) -> None:
     """Show a webhook's path: received → recorded → workflow → each step → published."""
-    found = _call(as_json, "GET", f"/v1/webhooks/{event_id}")
+    found = call(as_json, "GET", f"/v1/webhooks/{event_id}")
     table = Table("at", "step", "detail")
     for step in found["steps"]:
         table.add_row(step["at"], step["step"], step["detail"] or "")
@@ -366,7 +337,7 @@ def trace(event_id: str, as_json: Json = False) -> None:
         f"[bold]{found['type']}[/bold] {found['event_id']} from {found['partner_id']}"
         f" — {found['status']}\nworkflow: {found['workflow_url']}"
     )
-    _emit(as_json, found, _Group(header, table))
+    emit(as_json, found, _Group(header, table))
 
 
 class _Group:
@@ -389,7 +360,7 @@ def events(
     as_json: Json = False,
 ) -> None:
     """A merchant's events in sequence order."""
-    found = _call(
+    found = call(
         as_json,
         "GET",
         "/v1/events",
@@ -398,7 +369,7 @@ def events(
     table = Table("seq", "type", "event", "data")
     for e in found:
         table.add_row(str(e["seq"]), e["type"], e["event_id"], json.dumps(e["data"]))
-    _emit(as_json, found, table)
+    emit(as_json, found, table)
 
 
 @dead_letters_app.command("list")
@@ -406,7 +377,7 @@ def dead_letters_list(
     partner: Annotated[str | None, typer.Option()] = None, as_json: Json = False
 ) -> None:
     """Webhooks parked for an operator."""
-    found = _call(
+    found = call(
         as_json, "GET", "/v1/dead-letters", params={"partner_id": partner} if partner else {}
     )
     table = Table("event", "type", "reason", "parked at", "replays")
@@ -414,7 +385,7 @@ def dead_letters_list(
         table.add_row(
             d["event_id"], d["type"], d["reason"], d["created_at"], str(d["replay_count"])
         )
-    _emit(as_json, found, table)
+    emit(as_json, found, table)
 
 
 @dead_letters_app.command("replay")
@@ -429,9 +400,9 @@ def dead_letters_replay(
     """Replay dead letters: named ones, or all matching a filter (dry run unless --execute)."""
     if event_ids:
         results = [
-            _call(as_json, "POST", f"/v1/dead-letters/{event_id}/replay") for event_id in event_ids
+            call(as_json, "POST", f"/v1/dead-letters/{event_id}/replay") for event_id in event_ids
         ]
-        _emit(as_json, results, f"Replayed {len(results)} dead letter(s).")
+        emit(as_json, results, f"Replayed {len(results)} dead letter(s).")
         return
     selection = {
         "partner_id": partner,
@@ -439,9 +410,9 @@ def dead_letters_replay(
         "until": until.isoformat() if until else None,
         "dry_run": not execute,
     }
-    result = _call(as_json, "POST", "/v1/dead-letters/replay", json=selection)
+    result = call(as_json, "POST", "/v1/dead-letters/replay", json=selection)
     verb = "Would replay" if result["dry_run"] else "Replayed"
-    _emit(
+    emit(
         as_json,
         result,
         f"{verb} {result['matched'] if result['dry_run'] else result['replayed']} dead letter(s).",
@@ -454,7 +425,7 @@ def alerts(
     as_json: Json = False,
 ) -> None:
     """Alerts raised by Switchboard."""
-    found = _call(as_json, "GET", "/v1/alerts", params={"status": status})
+    found = call(as_json, "GET", "/v1/alerts", params={"status": status})
     table = Table("id", "severity", "kind", "summary", "count", "last seen")
     for a in found:
         table.add_row(
@@ -465,7 +436,7 @@ def alerts(
             str(a["occurrences"]),
             a["last_seen_at"],
         )
-    _emit(as_json, found, table)
+    emit(as_json, found, table)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,19 @@ __all__ = [
     "WEBHOOK_ID",
     "ApplyInput",
     "ApplyResult",
+    "AttemptInput",
+    "AttemptResult",
+    "DeliveryRef",
     "EventType",
+    "LaneInput",
     "Outcome",
     "ParkInput",
     "Priority",
     "PublishInput",
+    "Verdict",
     "WebhookInput",
     "WebhookStatus",
+    "delivery_lane_workflow_id",
     "entity_key",
     "merchant_channel",
     "priority_of",
@@ -123,6 +129,14 @@ def webhook_workflow_id(partner_id: str, webhook_id: str, run: int = 0) -> str:
     return base if run == 0 else f"{base}:replay-{run}"
 
 
+def delivery_lane_workflow_id(lane: str) -> str:
+    """The workflow id of one delivery lane (deliveries that must go out one at a time)."""
+    base = f"delivery:{lane}"
+    if len(base) > MAX_WORKFLOW_BASE_ID:
+        base = f"delivery:sha256-{hashlib.sha256(lane.encode()).hexdigest()[:40]}"
+    return base
+
+
 def merchant_channel(merchant_id: str) -> str:
     """The Redis pub/sub channel carrying one merchant's events to the gateway."""
     return f"switchboard:merchant:{merchant_id}"
@@ -169,3 +183,54 @@ class PublishInput:
     """Publish the merchant event that ``event_id`` produced to Redis."""
 
     event_id: str
+
+
+@dataclass(frozen=True)
+class DeliveryRef:
+    """One delivery handed to its lane; ``cycle`` counts operator replays of it."""
+
+    delivery_id: str
+    seq: int
+    cycle: int
+
+
+@dataclass(frozen=True)
+class LaneInput:
+    """Starts (or continues) one delivery lane workflow with its retry rules."""
+
+    lane: str
+    retry_schedule_seconds: list[float]
+    jitter: float
+    attempt_timeout_seconds: float
+    pending: list[DeliveryRef] = field(default_factory=list)
+
+
+class Verdict(StrEnum):
+    """What one delivery attempt concluded, and so what the lane does next."""
+
+    DELIVERED = "delivered"  # 2xx (or the mail server took the message): done
+    FAILED = "failed"  # counts as an attempt: retry on the schedule, or dead-letter
+    FINISHED = "finished"  # nothing more to do: already delivered, dead-lettered or cancelled
+    HELD = "held"  # the endpoint is paused: handed back until it resumes
+    BACK_OFF = "back_off"  # not an attempt: the circuit is open or the endpoint busy; wait
+    BLOCKED = "blocked"  # an earlier delivery of the lane must go first
+
+
+@dataclass(frozen=True)
+class AttemptInput:
+    """Attempt one delivery now; ``scheduled_at`` is when the schedule meant it to run."""
+
+    delivery_id: str
+    cycle: int
+    attempt: int
+    final: bool
+    scheduled_at: str
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """The attempt's verdict, and how long to wait before the next one when it says so."""
+
+    verdict: Verdict
+    retry_after_seconds: float | None = None
+    detail: str | None = None

@@ -17,15 +17,21 @@
     * :class:`Unavailable` (503) — cannot record durably right now; the partner should retry.
 
   * :class:`OperatorError` — an operator API request is refused (auth, scope, not found, conflict).
+  * :class:`InvalidDashboardToken` — a dashboard token is missing, malformed, forged, expired or
+    not meant for the gateway (the gateway closes with 1008; the api answers 401).
   * :class:`PermanentEventError` — an event can never take effect (raised in activities as a
     non-retryable Temporal ``ApplicationError`` of this type).
+  * :class:`DestinationRefused` — an outbound delivery URL or the address it resolves to is not a
+    public destination (SSRF guard in :mod:`core.egress`); ``reason`` says which rule refused it.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BodyTimeout",
+    "DestinationRefused",
     "IngressError",
+    "InvalidDashboardToken",
     "InvalidSignature",
     "MalformedEnvelope",
     "OperatorError",
@@ -112,5 +118,24 @@ class OperatorError(SwitchboardError):
         self.detail = detail
 
 
+class InvalidDashboardToken(SwitchboardError):
+    """A dashboard token that must not open a merchant's live feed; the message says why."""
+
+
 class PermanentEventError(SwitchboardError):
     """An event that can never take effect, whatever the retries."""
+
+
+class DestinationRefused(SwitchboardError):
+    """An outbound destination refused before any connection to it was made.
+
+    ``reason`` is a short stable code: ``"scheme"``, ``"malformed"``, ``"credentials in URL"``,
+    ``"fragment"``, ``"port"``, ``"too long"``, ``"private address"``, ``"unresolvable"`` or
+    ``"unix socket"``. Every reason but ``"unresolvable"`` is permanent for the URL as written;
+    a name that does not resolve may resolve later (DNS outage, a record not yet published).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"destination refused ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -10,6 +10,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "ACK_LATENCY",
+    "DELIVERIES_DISPATCHED",
+    "DELIVERY_ATTEMPTS",
+    "DELIVERY_LATENCY",
     "EVENTS_APPLIED",
     "INBOX_DEPTH",
     "RELAY_LAG",
@@ -42,4 +45,20 @@ WORKFLOWS_STARTED = Counter(
 )
 EVENTS_APPLIED = Counter(
     "switchboard_events_applied_total", "Ledger applications, by outcome.", ["outcome"]
+)
+DELIVERY_ATTEMPTS = Counter(
+    "switchboard_delivery_attempts_total",
+    "Outbound delivery attempts (webhooks and emails), by channel and verdict.",
+    ["channel", "verdict"],
+)
+DELIVERY_LATENCY = Histogram(
+    "switchboard_delivery_attempt_seconds",
+    "Duration of one outbound delivery attempt (request sent until answer or failure).",
+    ["channel"],
+    buckets=(*_FAST, 5.0, 10.0, 30.0),
+)
+DELIVERIES_DISPATCHED = Counter(
+    "switchboard_deliveries_dispatched_total",
+    "Deliveries the delivery relay handed to their lanes, by result.",
+    ["result"],
 )

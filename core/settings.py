@@ -14,9 +14,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEV_ADMIN_API_KEY", "Settings"]
+__all__ = ["DEV_ADMIN_API_KEY", "DEV_DASHBOARD_TOKEN_SECRET", "Settings"]
 
 DEV_ADMIN_API_KEY = "sb_dev_admin_key"
+DEV_DASHBOARD_TOKEN_SECRET = "sb_dev_dashboard_token_secret_not_for_production"
 
 
 class Settings(BaseSettings):
@@ -93,9 +94,128 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Safety sweep for NOTIFYs missed while disconnected."
     )
 
+    # Outbound deliveries.
+    delivery_task_queue: str = Field(
+        "switchboard-deliveries",
+        description="Task queue of delivery lanes (kept apart so money never waits behind them).",
+    )
+    delivery_retry_schedule: list[float] = Field(
+        [0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="Seconds before each attempt (JSON list); its length is the attempt count.",
+    )
+    delivery_jitter: float = Field(0.2, ge=0, lt=1, description="± share of each retry delay.")
+    delivery_timeout_seconds: float = Field(
+        30.0, gt=0, description="Whole-request timeout of one delivery attempt."
+    )
+    delivery_max_in_flight: int = Field(
+        200, ge=1, description="Delivery attempts one worker runs at once."
+    )
+    endpoint_max_in_flight: int = Field(
+        20, ge=1, description="Attempts one worker sends to one endpoint at once."
+    )
+    delivery_allow_networks: str = Field(
+        "",
+        description="Comma-separated CIDRs outbound deliveries may reach although private"
+        " (development and tests only); empty by default.",
+    )
+    circuit_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open an endpoint's circuit breaker."
+    )
+    circuit_cooldown_seconds: float = Field(
+        30.0, gt=0, description="First open period; doubles per re-trip up to the maximum."
+    )
+    circuit_max_cooldown_seconds: float = Field(600.0, gt=0)
+    endpoint_failing_alert_after: int = Field(
+        3, ge=1, description="Consecutive failures that raise the endpoint-failing alert."
+    )
+    endpoint_disable_after_seconds: float = Field(
+        5 * 24 * 3600.0,
+        gt=0,
+        description="An endpoint failing without a success for this long is disabled.",
+    )
+    endpoint_secret_overlap_seconds: float = Field(
+        24 * 3600.0, ge=0, description="How long a rotated-out endpoint secret keeps signing."
+    )
+    smtp_host: str = Field("127.0.0.1", description="SMTP server for receipts and notices.")
+    smtp_port: int = Field(58025, description="SMTP port (the dev stack's mail sink listens here).")
+    smtp_sender: str = Field("Switchboard <notifications@switchboard.localhost>")
+    smtp_timeout_seconds: float = Field(30.0, gt=0)
+
     # Operator access.
     admin_api_key: SecretStr = Field(
         SecretStr(DEV_ADMIN_API_KEY), description="Bootstrap operator key with every scope."
+    )
+
+    # Real-time gateway.
+    gateway_host: str = Field(
+        "127.0.0.1", description="Interface the gateway binds (0.0.0.0 in containers)."
+    )
+    gateway_public_url: str = Field(
+        "ws://127.0.0.1:8401", description="How browsers reach the gateway (the dashboard page)."
+    )
+    dashboard_token_secret: SecretStr = Field(
+        SecretStr(DEV_DASHBOARD_TOKEN_SECRET),
+        description="HS256 key signing dashboard tokens (api) and verifying them (gateway).",
+    )
+    dashboard_token_ttl_seconds: int = Field(
+        600, ge=10, le=86400, description="Lifetime of a dashboard token; connections end with it."
+    )
+    gateway_allowed_origins: list[str] = Field(
+        ["http://127.0.0.1:8400", "http://localhost:8400"],
+        description="Exact Origin values allowed to open the WebSocket (JSON list).",
+    )
+    gateway_allow_missing_origin: bool = Field(
+        True,
+        description="Accept handshakes without Origin (non-browser clients; browsers always"
+        " send one, so this does not open cross-site hijacking). The token is still required.",
+    )
+    gateway_auth_timeout_seconds: float = Field(
+        5.0, gt=0, description="Time a connection has to send its auth message (else 1008)."
+    )
+    gateway_max_message_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest client message (larger closes with 1009)."
+    )
+    gateway_client_buffer_bytes: int = Field(
+        1024 * 1024,
+        ge=4096,
+        description="Unsent bytes a client may fall behind by before it is dropped (3008).",
+    )
+    gateway_ping_interval_seconds: float = Field(20.0, gt=0, description="Keepalive pings.")
+    gateway_ping_timeout_seconds: float = Field(
+        20.0, gt=0, description="A peer that does not answer a ping in time is closed."
+    )
+    gateway_connect_rate_per_source: float = Field(
+        20.0, gt=0, description="Handshakes per second per source address (burst 2x); 429 above."
+    )
+    gateway_connect_rate_global: float = Field(
+        500.0, gt=0, description="Handshakes per second per instance (burst 2x); 429 above."
+    )
+    gateway_max_connections: int = Field(
+        20000, ge=1, description="Open connections per instance; 503 above."
+    )
+    gateway_max_connections_per_merchant: int = Field(
+        50, ge=1, description="Open connections per merchant per instance; 1013 above."
+    )
+    gateway_client_messages_per_minute: int = Field(
+        100, ge=1, description="Messages a client may send per minute after auth; 1008 above."
+    )
+    gateway_gap_grace_seconds: float = Field(
+        0.1,
+        ge=0,
+        description="How long an out-of-order event waits for the missing ones on Redis before"
+        " they are read from Postgres.",
+    )
+    gateway_redis_alert_after_seconds: float = Field(
+        30.0, gt=0, description="Redis unreachable this long raises the gateway alert."
+    )
+    gateway_outage_poll_seconds: float = Field(
+        1.0, gt=0, description="While Redis is down, clients are fed from Postgres this often."
+    )
+    gateway_position_check_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often every feed is compared with Postgres while Redis is up (catches"
+        " a last event whose publish Redis dropped).",
     )
 
     log_level: str = "INFO"
@@ -107,6 +227,17 @@ class Settings(BaseSettings):
             and self.admin_api_key.get_secret_value() == DEV_ADMIN_API_KEY
         ):
             raise ValueError("SWITCHBOARD_ADMIN_API_KEY must be set to a real secret in production")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_dashboard_secret(self) -> Settings:
+        if (
+            self.environment == "production"
+            and self.dashboard_token_secret.get_secret_value() == DEV_DASHBOARD_TOKEN_SECRET
+        ):
+            raise ValueError(
+                "SWITCHBOARD_DASHBOARD_TOKEN_SECRET must be set to a real secret in production"
+            )
         return self
 
     def workflow_ui_url(self, workflow_id: str) -> str:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 
 from cli.devstack import EmbeddedPostgres, EmbeddedRedis, TemporalDevServer, free_port
+from cli.mailsink import MailSink
 from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings
 from tests.support import Partner, add_partner, fresh_database, running_api, running_worker, stores
@@ -39,6 +40,13 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         return
     with EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), free_port()) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def mail_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailSink]:
+    """A real SMTP server (the dev stack's sink) that keeps every email it receives."""
+    with MailSink(tmp_path_factory.mktemp("mail"), port=free_port()) as sink:
+        yield sink
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +82,7 @@ async def temporal_client(temporal_server: TemporalDevServer) -> Client:
 
 @pytest_asyncio.fixture(scope="session")
 async def settings(
-    postgres_admin_url: str, redis_url: str, temporal_server: TemporalDevServer
+    postgres_admin_url: str, redis_url: str, temporal_server: TemporalDevServer, mail_sink: MailSink
 ) -> Settings:
     return Settings(
         environment="test",
@@ -84,6 +92,11 @@ async def settings(
         task_queue=f"tq-{uuid.uuid4().hex[:8]}",
         relay_sweep_seconds=1.0,
         workflow_sandbox=True,
+        delivery_task_queue=f"dq-{uuid.uuid4().hex[:8]}",
+        # Stub merchants live on loopback: only this explicit allow-list lets deliveries reach them.
+        delivery_allow_networks="127.0.0.1/32",
+        delivery_retry_schedule=[0, 0.2, 0.4, 0.6, 0.8],
+        smtp_port=mail_sink.port,
     )
 
 

@@ -20,14 +20,14 @@ import httpx
 import uvicorn
 from redis.asyncio import Redis
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from cli.devstack import free_port
 from core.db import connect_pool, migrate
 from core.settings import Settings
 from core.signing import sign_headers
-from relay import InboxRelay
-from worker import build_worker
+from worker import running_workers
 
 T = TypeVar("T")
 
@@ -76,32 +76,36 @@ async def isolated_settings(base: Settings, postgres_admin_url: str, **overrides
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings) -> AsyncIterator[str]:
-    """Serve the real api app with uvicorn on a free port; yields its base URL."""
+async def serving(app: Any, *, what: str = "the server") -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        ws="none",
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="none"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        await wait_for(_started(server, task), timeout=20, what="the api to start")
+        await wait_for(_started(server, task, what), timeout=20, what=f"{what} to start")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
 
 
-def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> Callable[[], Awaitable[bool]]:
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[str]:
+    """Serve the real api app; yields its base URL."""
+    async with serving(create_app(settings), what="the api") as url:
+        yield url
+
+
+def _started(
+    server: uvicorn.Server, task: asyncio.Task[None], what: str
+) -> Callable[[], Awaitable[bool]]:
     async def probe() -> bool:
         if task.done():
             task.result()
-            raise AssertionError("the api exited during startup")
+            raise AssertionError(f"{what} exited during startup")
         return server.started
 
     return probe
@@ -111,19 +115,9 @@ def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> Callable[[], A
 async def running_worker(
     settings: Settings, client: Client, pool: asyncpg.Pool, redis: Redis, *, relay: bool = True
 ) -> AsyncIterator[None]:
-    """Run the real Temporal worker (and, by default, the inbox relay) in this process."""
-    worker = build_worker(client, settings, pool, redis)
-    async with worker:
-        relay_task = (
-            asyncio.create_task(InboxRelay(pool, client, settings).run()) if relay else None
-        )
-        try:
-            yield
-        finally:
-            if relay_task is not None:
-                relay_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay_task
+    """Run the real Temporal workers (and, by default, both relays) in this process."""
+    async with running_workers(client, settings, pool, redis, relays=relay):
+        yield
 
 
 @dataclass
@@ -220,3 +214,18 @@ async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]
     finally:
         await redis.aclose()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def time_skipping_stack(
+    env: WorkflowEnvironment, postgres_admin_url: str, settings: Settings, **overrides: Any
+) -> AsyncIterator[tuple[asyncpg.Pool, httpx.AsyncClient, Partner]]:
+    """Api, worker and relays on a database of their own, with workflows on virtual time."""
+    isolated = await isolated_settings(settings, postgres_admin_url, **overrides)
+    async with (
+        stores(isolated) as (pool, redis),
+        running_api(isolated) as api_url,
+        httpx.AsyncClient(base_url=api_url) as http,
+        running_worker(isolated, env.client, pool, redis),
+    ):
+        yield pool, http, await add_partner(pool, http)

