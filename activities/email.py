@@ -88,6 +88,14 @@ class Mailer:
                 error=f"SMTP {error.code}: {error.message}",
                 permanent=500 <= error.code < 600,
             )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            codes = [refused.code for refused in error.recipients]
+            return MailOutcome(
+                delivered=False,
+                code=max(codes, default=None),
+                error=f"recipient refused: {error}",
+                permanent=bool(codes) and all(500 <= code < 600 for code in codes),
+            )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             return MailOutcome(delivered=False, error=f"{type(error).__name__}: {error}")
         return MailOutcome(delivered=True, code=250)

@@ -188,7 +188,9 @@ async def _set_status(
         if to == "active":
             # Deliveries held while paused go out again.
             await conn.execute("SELECT pg_notify($1, '')", DELIVERIES_CHANNEL)
-        return _endpoint(await _get_endpoint(conn, endpoint_id))
+        changed = await conn.fetchrow(f"{_ENDPOINT} WHERE ep.id = $1", endpoint_id)
+        assert changed is not None
+        return _endpoint(changed)
 
 
 @router.post("/endpoints/{endpoint_id}/pause", dependencies=[Admin], response_model=EndpointOut)

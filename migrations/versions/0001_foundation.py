@@ -8,7 +8,7 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-from alembic import op
+from migrations.sql import create_schema, drop_tables
 
 revision = "0001"
 down_revision = None
@@ -191,12 +191,8 @@ TABLES = [
 
 
 def upgrade() -> None:
-    # asyncpg prepares each statement, and a prepared statement holds exactly one command.
-    for statement in SCHEMA.split(";\n"):
-        if statement.strip():
-            op.execute(statement)
+    create_schema(SCHEMA)
 
 
 def downgrade() -> None:
-    for table in TABLES:
-        op.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+    drop_tables(TABLES)

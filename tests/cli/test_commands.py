@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Any
 
-import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from cli.main import app
 from core.settings import Settings
-
-
-@pytest.fixture
-def cli(api_url: str, tmp_path: Any) -> Any:
-    runner = CliRunner()
-    env = {"SWITCHBOARD_PUBLIC_BASE_URL": api_url, "SWITCHBOARD_DATA_DIR": str(tmp_path)}
-
-    async def invoke(*args: str) -> Result:
-        # The api serves from this test's event loop; the CLI's blocking calls need a thread.
-        return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
-
-    return invoke
 
 
 def test_help_lists_the_commands() -> None:

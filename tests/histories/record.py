@@ -1,4 +1,5 @@
-"""Record one history per path through :class:`WebhookWorkflow` into ``tests/histories/``.
+"""Record one history per path through :class:`WebhookWorkflow` and :class:`DeliveryLaneWorkflow`
+into ``tests/histories/``.
 
 Run ``./run python -m tests.histories.record`` after changing a workflow *on purpose* (and then
 guard old runs with ``workflow.patched``); ``tests/workflows/test_replay.py`` replays these files
@@ -11,15 +12,19 @@ import asyncio
 import logging
 import tempfile
 import uuid
+from functools import partial
 from pathlib import Path
 
+import asyncpg
 import httpx
 from temporalio.client import Client
 
 from cli.devstack import EmbeddedPostgres, EmbeddedRedis, TemporalDevServer, free_port
-from core.contracts import SEARCH_ATTRIBUTES, webhook_workflow_id
+from core.contracts import SEARCH_ATTRIBUTES, delivery_lane_workflow_id, webhook_workflow_id
 from core.settings import Settings
+from tests.outbound.stub import Answer, StubMerchant
 from tests.support import (
+    Partner,
     add_partner,
     fresh_database,
     running_api,
@@ -50,6 +55,9 @@ async def record(scratch: Path) -> None:
             temporal_address=temporal.address,
             task_queue=f"record-{uuid.uuid4().hex[:6]}",
             dependency_window_seconds=2.0,
+            delivery_task_queue=f"record-dq-{uuid.uuid4().hex[:6]}",
+            delivery_allow_networks="127.0.0.1/32",
+            delivery_retry_schedule=[0, 0.2, 0.2],
         )
         client = await Client.connect(temporal.address)
         async with (
@@ -57,6 +65,7 @@ async def record(scratch: Path) -> None:
             running_api(settings) as api_url,
             httpx.AsyncClient(base_url=api_url) as http,
             running_worker(settings, client, pool, redis),
+            StubMerchant().running() as stub,
         ):
             partner = await add_partner(pool, http)
             common = {"merchant_id": "m_rec", "currency": "EUR"}
@@ -90,12 +99,63 @@ async def record(scratch: Path) -> None:
                 "plain", "payment.succeeded", payment_id="p2", amount=10
             )
             scenarios["unknown_type_ignored"] = await send("unknown", "dispute.created", x=1)
+            scenarios.update(await record_lanes(pool, http, partner, stub))
             for name, workflow_id in scenarios.items():
                 handle = client.get_workflow_handle(workflow_id)
                 outcome = await asyncio.wait_for(handle.result(), timeout=60)
                 history = await handle.fetch_history()
                 (HERE / f"{name}.json").write_text(history.to_json())
                 log.warning("%s: %s, %d events", name, outcome, len(history.events))
+
+
+async def record_lanes(
+    pool: asyncpg.Pool, http: httpx.AsyncClient, partner: Partner, stub: StubMerchant
+) -> dict[str, str]:
+    """Delivery lanes: retried then delivered, delivered at once, exhausted."""
+    admin = {"authorization": "Bearer sb_dev_admin_key"}
+    common = {"merchant_id": "m_out", "currency": "EUR"}
+    lanes = {}
+    for name, path, answers in (
+        ("lane_retried_then_delivered", "/retry", [Answer(500)]),
+        ("lane_delivered_at_once", "/ordered", []),
+        ("lane_exhausted_dead_lettered", "/down", [Answer(500)] * 3),
+    ):
+        created = await http.post(
+            "/v1/endpoints",
+            json={"merchant_id": common["merchant_id"], "url": stub.url + path},
+            headers=admin,
+        )
+        endpoint_id = created.json()["id"]
+        stub.script(path, *answers)
+        payment_id = f"p_{name}"
+        event_id = await partner.send(
+            "payment.succeeded", payment_id=payment_id, amount=10, **common
+        )
+        if name == "lane_delivered_at_once":
+            await partner.send(
+                "refund.succeeded", refund_id="r_lane", payment_id=payment_id, amount=1, **common
+            )
+        lane: str = await wait_for(
+            partial(
+                pool.fetchval,
+                "SELECT lane FROM deliveries WHERE endpoint_id = $1 AND event_id = $2",
+                endpoint_id,
+                event_id,
+            ),
+            what=f"{name}'s delivery",
+        )
+        await wait_for(
+            partial(
+                pool.fetchval,
+                "SELECT bool_and(status <> 'pending') FROM deliveries WHERE endpoint_id = $1",
+                endpoint_id,
+            ),
+            what=f"{name}'s deliveries to finish",
+        )
+        lanes[name] = delivery_lane_workflow_id(lane)
+        # Others of this merchant's endpoints must not get this lane's next events.
+        await http.delete(f"/v1/endpoints/{endpoint_id}", headers=admin)
+    return lanes
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 
 
 def test_every_path_has_a_committed_history() -> None:
-    """Histories cover applied, woken, parked, dead-lettered and ignored webhooks."""
+    """Histories cover applied, woken, parked, dead-lettered and ignored webhooks, and delivery
+    lanes that retried, delivered at once, or gave up."""
     assert {path.stem for path in HISTORIES} >= {
         "payment_applied_and_published",
         "payment_applied_wakes_refund",
@@ -22,6 +23,9 @@ def test_every_path_has_a_committed_history() -> None:
         "refund_parked_after_window",
         "refund_exceeding_dead_lettered",
         "unknown_type_ignored",
+        "lane_retried_then_delivered",
+        "lane_delivered_at_once",
+        "lane_exhausted_dead_lettered",
     }
 
 
