@@ -59,7 +59,7 @@ BUSY_RETRY_SECONDS = 1.0
 
 _LOAD = """
 SELECT d.id, d.event_id, d.merchant_id, d.seq, d.channel, d.endpoint_id, d.recipient,
-       d.template, d.lane, d.status, d.cycle,
+       d.template, d.notice, d.lane, d.status, d.cycle,
        e.type AS event_type, e.data AS event_data, e.created_at AS event_at,
        ep.url, ep.status AS endpoint_status, ep.circuit_open_until,
        m.name AS merchant_name, clock_timestamp() AS now,
@@ -67,7 +67,7 @@ SELECT d.id, d.event_id, d.merchant_id, d.seq, d.channel, d.endpoint_id, d.recip
              AND (s.expires_at IS NULL OR s.expires_at > clock_timestamp())
              ORDER BY s.id DESC) AS secrets
 FROM deliveries d
-JOIN events e ON e.event_id = d.event_id
+LEFT JOIN events e ON e.event_id = d.event_id
 LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
 LEFT JOIN merchants m ON m.id = d.merchant_id
 WHERE d.id = $1
@@ -279,7 +279,7 @@ class DeliveryActivities:
                 ) as r:
                     response = await _read_capped(r)
         except DestinationRefused as error:
-            return _Sent(started_at, _ms_since(clock), error=f"destination refused: {error}")
+            return _Sent(started_at, _ms_since(clock), error=str(error))
         except TimeoutError:
             timeout = self._settings.delivery_timeout_seconds
             return _Sent(started_at, _ms_since(clock), error=f"timed out after {timeout:g}s")
@@ -299,16 +299,7 @@ class DeliveryActivities:
         )
 
     async def _mail(self, row: asyncpg.Record) -> _Sent:
-        data: dict[str, Any] = row["event_data"]
-        context = {
-            "amount": format_amount(data.get("amount", 0), data.get("currency", "")),
-            "merchant_name": row["merchant_name"] or row["merchant_id"],
-            "payment_id": data.get("payment_id", ""),
-            "customer_email": data.get("customer_email"),
-            "occurred_at": row["event_at"].strftime("%Y-%m-%d %H:%M UTC"),
-            "event_id": row["event_id"],
-            "seq": row["seq"],
-        }
+        context: dict[str, Any] = row["notice"] or _event_context(row)
         message = self._mailer.render(row["template"], row["recipient"], row["id"], context)
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
@@ -528,6 +519,9 @@ class _EndpointHealth:
             actor="switchboard",
             reason=reason,
         )
+        await _notify_merchant_of_disabled_endpoint(
+            self.conn, self.endpoint_id, row["merchant_id"], row["url"], reason
+        )
         await record_alert(
             self.conn,
             dedup_key=f"endpoint_disabled:{self.endpoint_id}",
@@ -546,6 +540,46 @@ async def _read_capped(response: httpcore.Response) -> bytes:
         if len(head) >= RESPONSE_READ_CAP:
             break
     return bytes(head[:RESPONSE_READ_CAP])
+
+
+def _event_context(row: asyncpg.Record) -> dict[str, Any]:
+    """What a receipt or sale notice shows about its payment event."""
+    data: dict[str, Any] = row["event_data"]
+    return {
+        "amount": format_amount(data.get("amount", 0), data.get("currency", "")),
+        "merchant_name": row["merchant_name"] or row["merchant_id"],
+        "payment_id": data.get("payment_id", ""),
+        "customer_email": data.get("customer_email"),
+        "occurred_at": row["event_at"].strftime("%Y-%m-%d %H:%M UTC"),
+        "event_id": row["event_id"],
+        "seq": row["seq"],
+    }
+
+
+async def _notify_merchant_of_disabled_endpoint(
+    conn: Connection, endpoint_id: str, merchant_id: str, url: str, reason: str
+) -> None:
+    """Queue an email telling the merchant (when it has an address) its endpoint was disabled."""
+    email = await conn.fetchval("SELECT email FROM merchants WHERE id = $1", merchant_id)
+    if not email:
+        return
+    disabled_at = await conn.fetchval("SELECT clock_timestamp()")
+    notice_id = delivery_id(f"endpoint_disabled:{endpoint_id}:{disabled_at.isoformat()}", email)
+    await conn.execute(
+        "INSERT INTO deliveries (id, merchant_id, seq, channel, recipient, template, notice, lane)"
+        " VALUES ($1, $2, 0, 'email', $3, 'endpoint_disabled', $4, $5)",
+        notice_id,
+        merchant_id,
+        email,
+        {
+            "endpoint_id": endpoint_id,
+            "url": url,
+            "reason": reason,
+            "disabled_at": disabled_at.strftime("%Y-%m-%d %H:%M UTC"),
+        },
+        f"email|{notice_id}",
+    )
+    await conn.execute("SELECT pg_notify($1, '')", DELIVERIES_CHANNEL)
 
 
 def _retry_after(response: httpcore.Response) -> float | None:

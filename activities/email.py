@@ -1,4 +1,5 @@
-"""Email rendering and sending: receipts to customers and sale notices to merchants.
+"""Email rendering and sending: receipts to customers, sale notices and operational notices
+(an endpoint was disabled) to merchants.
 
 Each email is rendered from ``activities/templates/{name}.subject.txt``, ``{name}.txt`` (the
 plain-text part) and ``{name}.html``, and sent over SMTP. The ``Message-ID`` derives from the
@@ -15,9 +16,7 @@ from typing import Any
 import aiosmtplib
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-__all__ = ["TEMPLATES", "MailOutcome", "Mailer", "format_amount"]
-
-TEMPLATES = ("receipt", "sale_notice")
+__all__ = ["MailOutcome", "Mailer", "format_amount"]
 
 # Currencies whose minor unit is not a hundredth (ISO 4217).
 _MINOR_DIGITS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3}

@@ -233,7 +233,7 @@ class DeliveryAttemptOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     id: str = Field(description="The webhook-id: the same on every attempt and replay.")
-    event_id: str
+    event_id: str | None = Field(description="None for an operational notice to the merchant.")
     merchant_id: str
     seq: int
     channel: Literal["webhook", "email"]

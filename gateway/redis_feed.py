@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["RedisSubscriber"]
@@ -81,8 +81,8 @@ class _PubSubProtocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
@@ -91,7 +91,11 @@ class _PubSubProtocol(asyncio.Protocol):
         try:
             while pos < len(buffer):
                 value, pos = _parse(buffer, pos)
-                self.owner._dispatch(value)
+                try:
+                    self.owner._dispatch(value)
+                except Exception:
+                    # One message the fan-out cannot handle must not cost the subscription.
+                    log.exception("failed to handle a message from Redis")
         except _Incomplete:
             pass
         except ValueError:

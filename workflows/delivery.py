@@ -14,6 +14,7 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.deliveries import DeliveryActivities
@@ -56,7 +57,7 @@ class DeliveryLaneWorkflow:
             ref = self._queue.pop(0)
             if not await self._deliver(lane, ref):
                 # An earlier delivery must go first: wait until it is handed over.
-                self._queue.insert(0, ref)
+                bisect.insort(self._queue, ref, key=lambda queued: queued.seq)
                 self._arrived = False
                 with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(
@@ -109,6 +110,17 @@ class DeliveryLaneWorkflow:
                 await workflow.sleep(timedelta(seconds=delay), summary=summary)
 
     async def _attempt(
+        self, lane: LaneInput, ref: DeliveryRef, attempt: int, *, final: bool
+    ) -> AttemptResult:
+        try:
+            return await self._attempt_once(lane, ref, attempt, final=final)
+        except ActivityError as error:
+            # Only a non-retryable error ends up here (the delivery row is gone): skip it
+            # rather than fail the lane and strand the deliveries queued behind it.
+            workflow.logger.error("delivery %s cannot be attempted: %s", ref.delivery_id, error)
+            return AttemptResult(Verdict.FINISHED, detail=str(error.cause or error))
+
+    async def _attempt_once(
         self, lane: LaneInput, ref: DeliveryRef, attempt: int, *, final: bool
     ) -> AttemptResult:
         return await workflow.execute_local_activity_method(

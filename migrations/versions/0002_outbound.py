@@ -49,17 +49,19 @@ CREATE TABLE endpoint_secrets (
 );
 CREATE INDEX endpoint_secrets_endpoint ON endpoint_secrets (endpoint_id);
 
--- One row per (event, destination), written in the ledger transaction that produced the event.
+-- One row per (event, destination), written in the ledger transaction that produced the event,
+-- or an operational notice to a merchant (no event; its email's context in `notice`).
 -- The id is the Standard Webhooks `webhook-id`, stable across every attempt and replay.
 CREATE TABLE deliveries (
     id text PRIMARY KEY,
-    event_id text NOT NULL REFERENCES events (event_id),
+    event_id text REFERENCES events (event_id),
     merchant_id text NOT NULL,
     seq bigint NOT NULL,
     channel text NOT NULL CHECK (channel IN ('webhook', 'email')),
     endpoint_id text REFERENCES endpoints (id),
     recipient text,
     template text,
+    notice jsonb,
     -- Deliveries sharing a lane go out one at a time, in seq order.
     lane text NOT NULL,
     status text NOT NULL DEFAULT 'pending'
@@ -74,7 +76,8 @@ CREATE TABLE deliveries (
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz,
     CHECK ((channel = 'webhook') = (endpoint_id IS NOT NULL)),
-    CHECK ((channel = 'email') = (recipient IS NOT NULL AND template IS NOT NULL))
+    CHECK ((channel = 'email') = (recipient IS NOT NULL AND template IS NOT NULL)),
+    CHECK ((event_id IS NULL) = (notice IS NOT NULL))
 );
 CREATE INDEX deliveries_to_dispatch ON deliveries (id) WHERE dispatched_cycle < cycle;
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, created_at);

@@ -7,6 +7,7 @@ The session settings retry on a short schedule (``tests/conftest.py``) and allow
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -347,3 +348,47 @@ async def test_a_hanging_endpoint_times_out_and_does_not_slow_a_healthy_one(
 
 async def _count(stub: StubMerchant, path: str) -> int:
     return len(stub.at(path))
+
+
+async def test_a_destination_that_turns_private_is_refused_when_connecting(
+    partner: Partner, pool: asyncpg.Pool, http: httpx.AsyncClient
+) -> None:
+    """W5 through the whole pipeline: an endpoint whose address is outside the allow-list
+    (here 127.0.0.2, written straight into the table as if its DNS had changed) is never
+    dialled: the attempt fails as refused and the canary listener sees no connection."""
+    accepted = 0
+
+    def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    canary = await asyncio.start_server(count, "127.0.0.2", 0)
+    port = canary.sockets[0].getsockname()[1]
+    try:
+        merchant = merchant_id()
+        endpoint = await http.post(
+            "/v1/endpoints",
+            json={"merchant_id": merchant, "url": "http://127.0.0.1:9/placeholder"},
+            headers=ADMIN,
+        )
+        endpoint_id = endpoint.json()["id"]
+        await pool.execute(
+            "UPDATE endpoints SET url = $2 WHERE id = $1", endpoint_id, f"http://127.0.0.2:{port}/"
+        )
+        event_id = await pay(partner, merchant, "pay_ssrf")
+
+        async def refused() -> str | None:
+            error: str | None = await pool.fetchval(
+                "SELECT a.error FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE d.event_id = $1 AND a.attempt = 1",
+                event_id,
+            )
+            return error
+
+        error = await wait_for(refused, what="the first attempt to be refused")
+        assert error.startswith("destination refused (private address)")
+        assert accepted == 0
+    finally:
+        canary.close()
+        await canary.wait_closed()

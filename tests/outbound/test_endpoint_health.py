@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
+from cli.mailsink import CaughtMail, MailSink
 from core.settings import Settings
 from tests.outbound.stub import Answer, StubMerchant
 from tests.support import (
@@ -103,8 +104,10 @@ async def test_circuit_opens_then_one_probe_closes_it(
 
 
 async def test_an_endpoint_failing_for_too_long_is_disabled(
-    settings: Settings, postgres_admin_url: str, temporal_client: Client
+    settings: Settings, postgres_admin_url: str, temporal_client: Client, mail_sink: MailSink
 ) -> None:
+    """Disabled with an alert, an audit entry and an email notice to the merchant; resuming and
+    replaying then delivers what was dead-lettered."""
     async with stack(
         settings,
         postgres_admin_url,
@@ -112,6 +115,8 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         endpoint_disable_after_seconds=1.0,
         delivery_retry_schedule=[0, 1.5, 1.5, 1.5],
     ) as (pool, http, partner, stub):
+        owner = f"owner-{uuid.uuid4().hex[:8]}@merchant.example"
+        await http.post("/v1/merchants", json={"id": "m-dying", "email": owner}, headers=ADMIN)
         endpoint_id = await register(http, stub, "m-dying", "/dying")
         stub.script("/dying", *[Answer(503)] * 2)
         event_id = await partner.send(
@@ -123,7 +128,9 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         )
         await wait_for(
             lambda: pool.fetchval(
-                "SELECT status = 'dead_lettered' FROM deliveries WHERE event_id = $1", event_id
+                "SELECT status = 'dead_lettered' FROM deliveries WHERE event_id = $1"
+                " AND channel = 'webhook'",
+                event_id,
             ),
             what="the delivery to be dead-lettered",
         )
@@ -132,7 +139,8 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         assert health["status_reason"].startswith("failing without a success since")
         assert len(stub.at("/dying")) == 2, "no attempt is sent once the endpoint is disabled"
         reason = await pool.fetchval(
-            "SELECT last_error FROM deliveries WHERE event_id = $1", event_id
+            "SELECT last_error FROM deliveries WHERE event_id = $1 AND channel = 'webhook'",
+            event_id,
         )
         assert reason == "endpoint disabled"
         kinds = await pool.fetch(
@@ -146,6 +154,11 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
             endpoint_id,
         )
         assert audit == "disabled"
+        notice = await wait_for(
+            lambda: _mail_to(mail_sink, owner), what="the merchant's disabled-endpoint notice"
+        )
+        assert notice.subject == f"Webhook endpoint disabled: {stub.url}/dying"
+        assert f"switchboard endpoints resume {endpoint_id}" in notice.text
         resumed = await http.post(f"/v1/endpoints/{endpoint_id}/resume", headers=ADMIN)
         assert resumed.json()["status"] == "active"
         replay = await http.post(
@@ -156,7 +169,21 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         assert replay.json()["replayed"] == 1
         await wait_for(
             lambda: pool.fetchval(
-                "SELECT status = 'succeeded' FROM deliveries WHERE event_id = $1", event_id
+                "SELECT status = 'succeeded' FROM deliveries WHERE event_id = $1"
+                " AND channel = 'webhook'",
+                event_id,
             ),
             what="the replayed delivery to succeed",
         )
+
+
+async def _mail_to(sink: MailSink, recipient: str) -> CaughtMail | None:
+    """The disabled-endpoint notice to ``recipient`` (the sale notice goes there too)."""
+    return next(
+        (
+            mail
+            for mail in sink.messages()
+            if mail.to == recipient and mail.subject.startswith("Webhook endpoint disabled")
+        ),
+        None,
+    )
