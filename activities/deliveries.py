@@ -19,6 +19,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -54,6 +55,10 @@ RESPONSE_HEAD_BYTES = 1024
 RESPONSE_READ_CAP = 64 * 1024
 # A receiver cannot push a retry further out than the longest step of the schedule.
 MAX_RETRY_AFTER_SECONDS = 36000.0
+# How long an attempt waits for a free connection of the worker's pool before backing off.
+POOL_WAIT_SECONDS = 1.0
+# The half-open probe holds the circuit for its timeout plus this, so no second probe starts.
+PROBE_LEASE_MARGIN_SECONDS = 5.0
 # A busy endpoint is asked again after about this long (jittered by the lane).
 BUSY_RETRY_SECONDS = 1.0
 
@@ -63,6 +68,8 @@ SELECT d.id, d.event_id, d.merchant_id, d.seq, d.channel, d.endpoint_id, d.recip
        e.type AS event_type, e.data AS event_data, e.created_at AS event_at,
        ep.url, ep.status AS endpoint_status, ep.circuit_open_until,
        m.name AS merchant_name, clock_timestamp() AS now,
+       (SELECT p.id FROM deliveries p WHERE p.lane = d.lane AND p.status = 'pending'
+        AND p.seq < d.seq LIMIT 1) AS waits_for,
        array(SELECT s.secret FROM endpoint_secrets s WHERE s.endpoint_id = d.endpoint_id
              AND (s.expires_at IS NULL OR s.expires_at > clock_timestamp())
              ORDER BY s.id DESC) AS secrets
@@ -118,50 +125,84 @@ async def plan_deliveries(
     """Record, in the caller's ledger transaction, every delivery a new merchant event needs.
 
     Webhooks go to each of the merchant's endpoints subscribed to the type (paused ones too:
-    they are held until resumed); the lane is endpoint + entity, so one entity's events reach
-    an endpoint in order. A successful payment also mails a receipt to the customer (when the
-    partner gave an address) and a sale notice to the merchant (when it has one).
+    they are held until resumed; disabled ones get a dead letter to replay once re-enabled);
+    the lane is endpoint + entity, so one entity's events reach an endpoint in order. A
+    successful payment also mails a receipt to the customer (when the partner gave an address)
+    and a sale notice to the merchant (when it has one).
     """
-    rows: list[tuple[str, str | None, str | None, str | None, str]] = []
+    planned: list[_Planned] = []
     endpoints = await conn.fetch(
-        "SELECT id FROM endpoints WHERE merchant_id = $1 AND status IN ('active', 'paused')"
+        "SELECT id, status FROM endpoints WHERE merchant_id = $1"
+        " AND status IN ('active', 'paused', 'disabled')"
         " AND (event_types IS NULL OR $2 = ANY (event_types))",
         merchant_id,
         event_type,
     )
     for endpoint in endpoints:
-        rows.append(
-            (
-                delivery_id(event_id, endpoint["id"]),
-                endpoint["id"],
-                None,
-                None,
-                f"{endpoint['id']}|{entity}",
+        planned.append(
+            _Planned(
+                id=delivery_id(event_id, endpoint["id"]),
+                lane=f"{endpoint['id']}|{entity}",
+                endpoint_id=endpoint["id"],
+                # Kept as a dead letter, so it can be replayed once the endpoint is re-enabled.
+                disabled=endpoint["status"] == "disabled",
             )
         )
     if event_type == "payment.succeeded":
-        mails = [("receipt", data.get("customer_email"))]
         merchant_email = await conn.fetchval(
             "SELECT email FROM merchants WHERE id = $1", merchant_id
         )
-        mails.append(("sale_notice", merchant_email))
-        for template, recipient in mails:
+        for template, recipient in (
+            ("receipt", data.get("customer_email")),
+            ("sale_notice", merchant_email),
+        ):
             if recipient:
                 mail_id = delivery_id(event_id, f"email:{template}:{recipient}")
-                rows.append((mail_id, None, recipient, template, f"email|{mail_id}"))
-    if not rows:
+                planned.append(
+                    _Planned(mail_id, f"email|{mail_id}", recipient=recipient, template=template)
+                )
+    if not planned:
         return 0
     await conn.executemany(
         "INSERT INTO deliveries (id, event_id, merchant_id, seq, channel, endpoint_id, recipient,"
-        " template, lane) VALUES ($1, $2, $3, $4, CASE WHEN $5::text IS NULL THEN 'email'"
-        " ELSE 'webhook' END, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        " template, lane, status, last_error, finished_at, dispatched_cycle)"
+        " VALUES ($1, $2, $3, $4, CASE WHEN $5::text IS NULL THEN 'email' ELSE 'webhook' END,"
+        " $5, $6, $7, $8, CASE WHEN $9 THEN 'dead_lettered' ELSE 'pending' END,"
+        " CASE WHEN $9 THEN 'endpoint disabled' END, CASE WHEN $9 THEN clock_timestamp() END,"
+        " CASE WHEN $9 THEN 0 ELSE -1 END) ON CONFLICT (id) DO NOTHING",
         [
-            (id_, event_id, merchant_id, seq, endpoint, recipient, template, lane)
-            for id_, endpoint, recipient, template, lane in rows
+            (
+                plan.id,
+                event_id,
+                merchant_id,
+                seq,
+                plan.endpoint_id,
+                plan.recipient,
+                plan.template,
+                plan.lane,
+                plan.disabled,
+            )
+            for plan in planned
         ],
     )
     await conn.execute("SELECT pg_notify($1, '')", DELIVERIES_CHANNEL)
-    return len(rows)
+    return len(planned)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One delivery a new merchant event needs: to an endpoint, or an email to a recipient."""
+
+    id: str
+    lane: str
+    endpoint_id: str | None = None
+    recipient: str | None = None
+    template: str | None = None
+    disabled: bool = False
+
+
+class _WorkerBusy(Exception):
+    """Every connection of this worker's HTTP pool is taken: not the endpoint's fault."""
 
 
 class DeliveryActivities:
@@ -193,64 +234,91 @@ class DeliveryActivities:
         if row["status"] != "pending" or row["cycle"] != request.cycle:
             return AttemptResult(Verdict.FINISHED, detail=f"delivery is {row['status']}")
         if row["channel"] == "email":
-            sent = await self._mail(row)
-            return await self._record(row, request, sent)
-        held = await self._hold(row)
-        if held is not None:
-            return held
+            return await self._record(row, request, await self._send(self._mail, row))
+        refusal = await self._settle_if_not_sendable(row)
+        if refusal is not None:
+            return refusal
+        probe = await self._claim_probe_if_half_open(row)
+        if isinstance(probe, AttemptResult):
+            return probe
         endpoint_id: str = row["endpoint_id"]
         if self._in_flight[endpoint_id] >= self._settings.endpoint_max_in_flight:
             return AttemptResult(Verdict.BACK_OFF, BUSY_RETRY_SECONDS, "endpoint busy")
         self._in_flight[endpoint_id] += 1
         try:
-            sent = await self._post(row)
+            sent = await self._send(self._post, row)
+        except _WorkerBusy:
+            return AttemptResult(Verdict.BACK_OFF, BUSY_RETRY_SECONDS, "worker busy")
         finally:
             self._in_flight[endpoint_id] -= 1
             if not self._in_flight[endpoint_id]:
                 del self._in_flight[endpoint_id]
-        return await self._record(row, request, sent)
+        return await self._record(row, request, sent, probe=probe)
 
-    async def _hold(self, row: asyncpg.Record) -> AttemptResult | None:
-        """Why this webhook delivery must not be sent now, if it must not."""
+    async def _send(
+        self, send: Callable[[asyncpg.Record], Awaitable[_Sent]], row: asyncpg.Record
+    ) -> _Sent:
+        """Send, turning any unexpected error into a permanent failure of this delivery.
+
+        Expected failures (network, timeouts, refusals, HTTP and SMTP answers) are results
+        already; anything else comes from the delivery's own data (a header an email cannot
+        carry, say) and would fail again, so retrying it would only re-send without end.
+        """
+        started_at = datetime.now(UTC)
+        try:
+            return await send(row)
+        except _WorkerBusy:
+            raise
+        except Exception as error:
+            activity.logger.exception("delivery %s cannot be sent", row["id"])
+            return _Sent(started_at, 0.0, error=f"{type(error).__name__}: {error}", permanent=True)
+
+    async def _settle_if_not_sendable(self, row: asyncpg.Record) -> AttemptResult | None:
+        """Settle a webhook delivery that must not be sent now, and say why; None if it may.
+
+        Deleted endpoint: cancelled. Disabled: dead-lettered (replayable after re-enabling).
+        Paused: handed back to the relay until resumed. An earlier delivery of the lane still
+        open: it goes first. Circuit open: wait for the probe.
+        """
         status = row["endpoint_status"]
         if status == "deleted":
-            await self._finish_without_sending(row, "cancelled", "endpoint deleted")
+            await self._cancel(row, "endpoint deleted")
             return AttemptResult(Verdict.FINISHED, detail="endpoint deleted")
         if status == "disabled":
-            await self._finish_without_sending(row, "dead_lettered", "endpoint disabled")
+            async with self._pool.acquire() as conn, conn.transaction():
+                await _dead_letter(conn, row, "endpoint disabled")
             return AttemptResult(Verdict.FINISHED, detail="endpoint disabled")
         if status == "paused":
-            # Handed back: the relay hands it over again when the endpoint resumes.
+            # Clearing the lease too keeps the relay from marking it handed over afterwards.
             await self._pool.execute(
-                "UPDATE deliveries SET dispatched_cycle = cycle - 1 WHERE id = $1 AND cycle = $2",
+                "UPDATE deliveries SET dispatched_cycle = cycle - 1, relay_lease_until = NULL"
+                " WHERE id = $1 AND cycle = $2",
                 row["id"],
                 row["cycle"],
             )
             return AttemptResult(Verdict.HELD, detail="endpoint paused")
-        earlier = await self._pool.fetchval(
-            "SELECT id FROM deliveries WHERE lane = $1 AND status = 'pending' AND seq < $2 LIMIT 1",
-            row["lane"],
-            row["seq"],
-        )
-        if earlier is not None:
-            return AttemptResult(Verdict.BLOCKED, detail=f"after {earlier}")
+        if row["waits_for"] is not None:
+            return AttemptResult(Verdict.BLOCKED, detail=f"after {row['waits_for']}")
         open_until: datetime | None = row["circuit_open_until"]
-        if open_until is None:
-            return None
-        if open_until > row["now"]:
+        if open_until is not None and open_until > row["now"]:
             wait = (open_until - row["now"]).total_seconds()
             return AttemptResult(Verdict.BACK_OFF, wait, "endpoint circuit open")
-        # Half-open: exactly one attempt probes the endpoint; the others keep waiting.
-        probe = await self._pool.fetchval(
+        return None
+
+    async def _claim_probe_if_half_open(self, row: asyncpg.Record) -> bool | AttemptResult:
+        """Whether this attempt is the half-open circuit's one probe (or why it must wait)."""
+        if row["circuit_open_until"] is None:
+            return False
+        claimed = await self._pool.fetchval(
             "UPDATE endpoints SET circuit_open_until ="
             " clock_timestamp() + make_interval(secs => $2)"
             " WHERE id = $1 AND circuit_open_until <= clock_timestamp() RETURNING id",
             row["endpoint_id"],
-            self._settings.delivery_timeout_seconds + 5,
+            self._settings.delivery_timeout_seconds + PROBE_LEASE_MARGIN_SECONDS,
         )
-        if probe is None:
+        if claimed is None:
             return AttemptResult(Verdict.BACK_OFF, BUSY_RETRY_SECONDS, "endpoint circuit probing")
-        return None
+        return True
 
     async def _post(self, row: asyncpg.Record) -> _Sent:
         body = webhook_body(
@@ -275,9 +343,15 @@ class DeliveryActivities:
         try:
             async with asyncio.timeout(self._settings.delivery_timeout_seconds):
                 async with self._http.stream(
-                    "POST", row["url"], headers=headers, content=body
+                    "POST",
+                    row["url"],
+                    headers=headers,
+                    content=body,
+                    extensions={"timeout": {"pool": POOL_WAIT_SECONDS}},
                 ) as r:
                     response = await _read_capped(r)
+        except httpcore.PoolTimeout as error:
+            raise _WorkerBusy from error
         except DestinationRefused as error:
             return _Sent(started_at, _ms_since(clock), error=str(error))
         except TimeoutError:
@@ -313,39 +387,39 @@ class DeliveryActivities:
         )
 
     async def _record(
-        self, row: asyncpg.Record, request: AttemptInput, sent: _Sent
+        self, row: asyncpg.Record, request: AttemptInput, sent: _Sent, *, probe: bool = False
     ) -> AttemptResult:
         """Log the attempt and apply its consequences in one transaction."""
         gone = row["channel"] == "webhook" and sent.status_code == 410
         verdict = Verdict.DELIVERED if sent.delivered else Verdict.FAILED
         give_up = not sent.delivered and (request.final or gone or sent.permanent)
+        error = sent.error or (None if sent.delivered else f"HTTP {sent.status_code}")
+        head = sent.response[:RESPONSE_HEAD_BYTES].decode("utf-8", "replace")
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
+            # Numbered from the log, not the lane: a re-send after a crash is logged as the
+            # attempt it really was, and a lane that starts over never overwrites the log.
+            attempt = await conn.fetchval(
                 "INSERT INTO delivery_attempts (delivery_id, endpoint_id, attempt, cycle,"
                 " scheduled_at, started_at, latency_ms, outcome, status_code, error,"
                 " response_sha256, response_head)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                " ON CONFLICT (delivery_id, cycle, attempt) DO UPDATE SET"
-                " started_at = EXCLUDED.started_at, latency_ms = EXCLUDED.latency_ms,"
-                " outcome = EXCLUDED.outcome, status_code = EXCLUDED.status_code,"
-                " error = EXCLUDED.error, response_sha256 = EXCLUDED.response_sha256,"
-                " response_head = EXCLUDED.response_head",
+                " SELECT $1, $2, coalesce(max(attempt), 0) + 1, $3, $4, $5, $6, $7, $8, $9,"
+                " $10, $11 FROM delivery_attempts WHERE delivery_id = $1 AND cycle = $3"
+                " ON CONFLICT (delivery_id, cycle, attempt) DO NOTHING RETURNING attempt",
                 row["id"],
                 row["endpoint_id"],
-                request.attempt + 1,
                 request.cycle,
                 datetime.fromisoformat(request.scheduled_at),
                 sent.started_at,
                 sent.latency_ms,
                 verdict,
                 sent.status_code,
-                sent.error,
+                error,
                 hashlib.sha256(sent.response).digest() if sent.status_code else None,
-                sent.response[:RESPONSE_HEAD_BYTES].decode("utf-8", "replace") or None,
+                head.replace("\x00", "\ufffd") or None,
             )
-            error = sent.error or (None if sent.delivered else f"HTTP {sent.status_code}")
             await conn.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_error = $3,"
+                " last_attempt_at = clock_timestamp(),"
                 " status = CASE WHEN $4 THEN 'succeeded' ELSE status END,"
                 " finished_at = CASE WHEN $4 THEN clock_timestamp() ELSE finished_at END"
                 " WHERE id = $1 AND cycle = $2 AND status = 'pending'",
@@ -364,13 +438,13 @@ class DeliveryActivities:
                 elif gone:
                     await health.disable("the endpoint answered 410 Gone")
                 else:
-                    await health.failed(error or "failed")
+                    await health.failed(error or "failed", probe=probe)
         DELIVERY_ATTEMPTS.labels(row["channel"], verdict).inc()
         DELIVERY_LATENCY.labels(row["channel"]).observe(sent.latency_ms / 1000)
         activity.logger.info(
-            "delivery %s attempt %d: %s",
+            "delivery %s attempt %s: %s",
             row["id"],
-            request.attempt + 1,
+            attempt,
             error or "delivered",
             extra={"event_id": row["event_id"]},
         )
@@ -380,28 +454,25 @@ class DeliveryActivities:
             return AttemptResult(Verdict.FINISHED, detail=error)
         return AttemptResult(Verdict.FAILED, sent.retry_after_seconds, error)
 
-    async def _finish_without_sending(self, row: asyncpg.Record, status: str, reason: str) -> None:
+    async def _cancel(self, row: asyncpg.Record, reason: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            if status == "dead_lettered":
-                await _dead_letter(conn, row, reason)
-                return
-            await conn.execute(
-                "UPDATE deliveries SET status = $2, last_error = $3, finished_at ="
-                " clock_timestamp() WHERE id = $1 AND status = 'pending'",
+            cancelled = await conn.fetchval(
+                "UPDATE deliveries SET status = 'cancelled', last_error = $2, finished_at ="
+                " clock_timestamp() WHERE id = $1 AND status = 'pending' RETURNING id",
                 row["id"],
-                status,
                 reason,
             )
-            await audit(
-                conn,
-                "delivery",
-                row["id"],
-                "pending",
-                status,
-                actor="switchboard",
-                reason=reason,
-                event_id=row["event_id"],
-            )
+            if cancelled is not None:
+                await audit(
+                    conn,
+                    "delivery",
+                    row["id"],
+                    "pending",
+                    "cancelled",
+                    actor="switchboard",
+                    reason=reason,
+                    event_id=row["event_id"],
+                )
 
 
 async def _dead_letter(conn: Connection, row: asyncpg.Record, reason: str) -> None:
@@ -467,21 +538,26 @@ class _EndpointHealth:
             self.conn, f"endpoint_failing:{self.endpoint_id}", reason="a delivery succeeded"
         )
 
-    async def failed(self, error: str) -> None:
+    async def failed(self, error: str, *, probe: bool) -> None:
+        """Count a failure; the circuit opens when the streak reaches the threshold while it
+        is closed, or when its probe fails (each re-opening waits twice as long)."""
         settings = self.settings
         row = await self.conn.fetchrow(
-            "UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,"
+            "WITH opens AS (SELECT consecutive_failures + 1 >= $2"
+            " AND (circuit_open_until IS NULL OR $5) AS yes FROM endpoints WHERE id = $1)"
+            " UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,"
             " failing_since = coalesce(failing_since, now()), last_failure_at = now(),"
-            " circuit_open_until = CASE WHEN consecutive_failures + 1 >= $2"
+            " circuit_open_until = CASE WHEN opens.yes"
             "   THEN clock_timestamp() + make_interval(secs => least($3 * 2 ^ circuit_trips, $4))"
             "   ELSE circuit_open_until END,"
-            " circuit_trips = circuit_trips + (consecutive_failures + 1 >= $2)::int"
-            " WHERE id = $1"
+            " circuit_trips = circuit_trips + opens.yes::int"
+            " FROM opens WHERE id = $1"
             " RETURNING consecutive_failures, failing_since, status, merchant_id, url",
             self.endpoint_id,
             settings.circuit_failure_threshold,
             settings.circuit_cooldown_seconds,
             settings.circuit_max_cooldown_seconds,
+            probe,
         )
         if row is None:
             return
@@ -583,17 +659,19 @@ async def _notify_merchant_of_disabled_endpoint(
 
 
 def _retry_after(response: httpcore.Response) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if it has one."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if it has a valid one."""
     for name, value in response.headers:
         if name.lower() != b"retry-after":
             continue
         text = value.decode("latin-1").strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return min(float(text), MAX_RETRY_AFTER_SECONDS)
         try:
             when = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
         return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
     return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Query
@@ -35,7 +35,11 @@ from core.egress import check_destination_url, parse_allow_list
 from core.errors import DestinationRefused, OperatorError
 from core.settings import Settings
 
-__all__ = ["router"]
+__all__ = ["MAX_LIVE_SECRETS", "router"]
+
+# Every live secret signs each delivery; Svix allows 10 at once too.
+MAX_LIVE_SECRETS = 10
+DeliveryStatus = Literal["pending", "succeeded", "dead_lettered", "cancelled"]
 
 router = APIRouter(prefix="/v1", tags=["deliveries"])
 
@@ -166,16 +170,19 @@ async def _set_status(
         row = await _get_endpoint(conn, endpoint_id)
         if row["status"] not in allowed:
             raise OperatorError(409, f"endpoint {endpoint_id!r} is {row['status']}")
-        await conn.execute(
+        changed = await conn.fetchval(
             "UPDATE endpoints SET status = $2, status_reason = NULL, updated_at = now(),"
             " consecutive_failures = CASE WHEN $2 = 'active' THEN 0 ELSE consecutive_failures END,"
             " failing_since = CASE WHEN $2 = 'active' THEN NULL ELSE failing_since END,"
             " circuit_open_until = CASE WHEN $2 = 'active' THEN NULL ELSE circuit_open_until END,"
             " circuit_trips = CASE WHEN $2 = 'active' THEN 0 ELSE circuit_trips END"
-            " WHERE id = $1",
+            " WHERE id = $1 AND status = $3 RETURNING id",
             endpoint_id,
             to,
+            row["status"],
         )
+        if changed is None:
+            raise OperatorError(409, f"endpoint {endpoint_id!r} changed meanwhile; try again")
         await audit(
             conn,
             "endpoint",
@@ -231,6 +238,17 @@ async def rotate_endpoint_secret(
     )
     async with pool.acquire() as conn, conn.transaction():
         await _get_endpoint(conn, endpoint_id)
+        live = await conn.fetchval(
+            "SELECT count(*) FROM endpoint_secrets WHERE endpoint_id = $1"
+            " AND (expires_at IS NULL OR expires_at > now())",
+            endpoint_id,
+        )
+        if overlap > 0 and live >= MAX_LIVE_SECRETS:
+            raise OperatorError(
+                409,
+                f"{live} secrets are live; wait for an overlap to end, or rotate with"
+                " overlap_seconds=0 to replace them all",
+            )
         secret, expires_at = await rotate_owned_secret(
             conn, "endpoint_secrets", endpoint_id, overlap_seconds=overlap
         )
@@ -257,6 +275,7 @@ async def list_endpoint_attempts(
     endpoint_id: str, pool: Pool, limit: Annotated[int, Query(gt=0, le=1000)] = 100
 ) -> list[DeliveryAttemptOut]:
     """The endpoint's latest delivery attempts, newest first."""
+    await _get_endpoint(pool, endpoint_id)
     rows = await pool.fetch(
         f"SELECT {_ATTEMPT_COLUMNS} FROM delivery_attempts WHERE endpoint_id = $1"
         " ORDER BY id DESC LIMIT $2",
@@ -271,7 +290,7 @@ async def list_deliveries(
     pool: Pool,
     endpoint_id: str | None = None,
     event_id: str | None = None,
-    status: str | None = None,
+    status: DeliveryStatus | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
@@ -301,6 +320,8 @@ async def replay_delivery(delivery_id: str, pool: Pool) -> ReplayResult:
     async with pool.acquire() as conn:
         replayed = await _replay(conn, [delivery_id], rate_per_second=None)
     if not replayed:
+        if not await pool.fetchval("SELECT 1 FROM deliveries WHERE id = $1", delivery_id):
+            raise OperatorError(404, f"no delivery {delivery_id!r}")
         raise OperatorError(409, f"{delivery_id!r} is not a dead-lettered delivery")
     return ReplayResult(matched=1, replayed=1, dry_run=False, event_ids=replayed)
 
@@ -321,6 +342,7 @@ async def replay_deliveries(selection: DeliveryReplayFilter, pool: Pool) -> Repl
         selection.since,
         selection.until,
         selection.limit,
+        oldest_first=True,
     )
     ids = [row["id"] for row in rows]
     if selection.dry_run:
@@ -338,13 +360,17 @@ async def _select_deliveries(
     since: datetime | None,
     until: datetime | None,
     limit: int,
+    *,
+    oldest_first: bool = False,
 ) -> list[asyncpg.Record]:
+    # A bulk replay takes the oldest first, so a lane's deliveries keep their order.
+    order = "created_at, seq" if oldest_first else "created_at DESC, seq DESC"
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT * FROM deliveries WHERE ($1::text IS NULL OR endpoint_id = $1)"
         " AND ($2::text IS NULL OR event_id = $2) AND ($3::text IS NULL OR status = $3)"
         " AND ($4::timestamptz IS NULL OR created_at >= $4)"
         " AND ($5::timestamptz IS NULL OR created_at < $5)"
-        " ORDER BY created_at DESC, seq DESC LIMIT $6",
+        f" ORDER BY {order} LIMIT $6",
         endpoint_id,
         event_id,
         status,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -62,7 +63,14 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers=dict(error.headers or {}),
         )
 
+    async def unstorable_input(_: Request, error: Exception) -> JSONResponse:
+        # Input that passed validation but Postgres cannot take (a NUL character, a date
+        # outside its range) is still the client's input: a 422, never a 500.
+        return problem(422, "Invalid request", f"a value cannot be stored or compared: {error}")
+
     app.add_exception_handler(IngressError, ingress_error)
+    app.add_exception_handler(asyncpg.DataError, unstorable_input)
+    app.add_exception_handler(OverflowError, unstorable_input)
     app.add_exception_handler(OperatorError, operator_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)

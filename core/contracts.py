@@ -192,6 +192,8 @@ class DeliveryRef:
     delivery_id: str
     seq: int
     cycle: int
+    attempt: int = 0
+    """Where in the retry schedule the lane resumes it (after a continue-as-new)."""
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,15 @@ replays and endpoint resumes mark deliveries for another cycle; each NOTIFYs. Th
 what is ready (a delivery whose current cycle was not handed over yet, for an active endpoint
 or an email) with a short lease and signal-with-starts its lane, ``delivery:{lane}``, which
 delivers the lane's deliveries one at a time in seq order. A lane already running just gets
-the signal. If Temporal is down, deliveries wait in Postgres.
+the signal. If Temporal is down, deliveries wait in Postgres. Once a minute the relay also hands
+over again any pending delivery no lane has attempted for longer than the schedule allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 from temporalio.client import Client
@@ -31,6 +33,9 @@ from workflows.delivery import DeliveryLaneWorkflow
 __all__ = ["DeliveryRelay"]
 
 LEASE_SECONDS = 5
+RECONCILE_EVERY_SECONDS = 60.0
+# Beyond the longest retry step, before a delivery nobody attempts counts as orphaned.
+STALE_MARGIN_SECONDS = 600.0
 log = logging.getLogger("switchboard.relay.deliveries")
 
 _CLAIM = """
@@ -62,6 +67,7 @@ class DeliveryRelay(NotifiedRelay):
         self._client = client
         self._settings = settings
         self._signals = asyncio.Semaphore(settings.relay_start_concurrency)
+        self._reconciled_at = 0.0
 
     async def drain(self) -> int:
         total = 0
@@ -75,10 +81,12 @@ class DeliveryRelay(NotifiedRelay):
             rows = sorted(rows, key=lambda row: (row["created_at"], row["seq"]))
             handed = await asyncio.gather(*map(self._hand_over, rows))
             done = [row for row, ok in zip(rows, handed, strict=True) if ok]
+            # Only rows still under this lease: an attempt that handed one back meanwhile
+            # (endpoint paused) cleared the lease, and must not be marked handed over.
             await self._pool.execute(
                 "UPDATE deliveries d SET dispatched_cycle = greatest(d.dispatched_cycle, s.cycle),"
                 " relay_lease_until = NULL FROM unnest($1::text[], $2::int[]) AS s(id, cycle)"
-                " WHERE d.id = s.id",
+                " WHERE d.id = s.id AND d.relay_lease_until IS NOT NULL",
                 [row["id"] for row in done],
                 [row["cycle"] for row in done],
             )
@@ -90,6 +98,29 @@ class DeliveryRelay(NotifiedRelay):
                     refused,
                 )
                 raise ConnectionError(f"Temporal refused {len(refused)} deliveries")
+
+    async def before_round(self) -> None:
+        # Rarely: hand over again what no lane has attempted for far longer than any retry
+        # step (a lane terminated in the Web UI, say). Lanes ignore a delivery they hold.
+        now = time.monotonic()
+        if now - self._reconciled_at < RECONCILE_EVERY_SECONDS:
+            return
+        self._reconciled_at = now
+        settings = self._settings
+        stale_after = (
+            max(settings.delivery_retry_schedule, default=0) * (1 + settings.delivery_jitter)
+            + settings.delivery_timeout_seconds
+            + STALE_MARGIN_SECONDS
+        )
+        reset = await self._pool.execute(
+            "UPDATE deliveries SET dispatched_cycle = cycle - 1 WHERE status = 'pending'"
+            " AND dispatched_cycle = cycle"
+            " AND coalesce(last_attempt_at, created_at) < clock_timestamp()"
+            " - make_interval(secs => $1)",
+            stale_after,
+        )
+        if reset != "UPDATE 0":
+            log.warning("handing over stale deliveries again: %s", reset)
 
     async def _hand_over(self, row: asyncpg.Record) -> bool:
         settings = self._settings

@@ -95,7 +95,8 @@ async def settings(
         delivery_task_queue=f"dq-{uuid.uuid4().hex[:8]}",
         # Stub merchants live on loopback: only this explicit allow-list lets deliveries reach them.
         delivery_allow_networks="127.0.0.1/32",
-        delivery_retry_schedule=[0, 0.2, 0.4, 0.6, 0.8],
+        # Retries over a second apart (after ±20 % jitter) show a fresh timestamp per attempt.
+        delivery_retry_schedule=[0, 1.3, 1.3, 1.3, 1.3],
         smtp_port=mail_sink.port,
     )
 

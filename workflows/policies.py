@@ -11,6 +11,7 @@ from core.errors import PermanentEventError
 __all__ = [
     "DELIVERIES_PER_LANE_RUN",
     "DELIVERY_ATTEMPT_MARGIN",
+    "DELIVERY_BLOCKED_MAX_WAIT",
     "DELIVERY_BLOCKED_WAIT",
     "DELIVERY_RECORD_RETRY",
     "DEPENDENCY_GRACE",
@@ -56,7 +57,9 @@ DELIVERY_RECORD_RETRY = RetryPolicy(
 )
 # Room for the attempt's own timeout plus the bookkeeping around it.
 DELIVERY_ATTEMPT_MARGIN = timedelta(seconds=15)
-# How long a lane waits for an earlier delivery to be handed to it before asking again.
+# How long a lane waits for an earlier delivery to be handed to it before asking again; the
+# wait doubles while the earlier one stays open, up to the maximum.
 DELIVERY_BLOCKED_WAIT = timedelta(seconds=5)
+DELIVERY_BLOCKED_MAX_WAIT = timedelta(minutes=5)
 # A lane continues as new after this many deliveries, keeping its history short.
 DELIVERIES_PER_LANE_RUN = 200

@@ -73,13 +73,15 @@ CREATE TABLE deliveries (
     -- Bulk replays are released gradually (their rate cap).
     dispatch_after timestamptz,
     last_error text,
+    last_attempt_at timestamptz,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz,
     CHECK ((channel = 'webhook') = (endpoint_id IS NOT NULL)),
     CHECK ((channel = 'email') = (recipient IS NOT NULL AND template IS NOT NULL)),
     CHECK ((event_id IS NULL) = (notice IS NOT NULL))
 );
-CREATE INDEX deliveries_to_dispatch ON deliveries (id) WHERE dispatched_cycle < cycle;
+CREATE INDEX deliveries_to_dispatch ON deliveries (created_at, seq)
+    WHERE dispatched_cycle < cycle AND status = 'pending';
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, created_at);
 CREATE INDEX deliveries_by_event ON deliveries (event_id);
 CREATE INDEX deliveries_open_by_lane ON deliveries (lane, seq) WHERE status = 'pending';

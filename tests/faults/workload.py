@@ -38,10 +38,12 @@ __all__ = [
     "assert_exactly_once",
     "assert_workflows_completed",
     "build_workload",
+    "delivery_fault_point",
     "fault_point",
     "final_count",
     "in_background",
     "settle",
+    "settle_deliveries",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -402,11 +404,17 @@ def _probe_exited(proc: subprocess.Popen[bytes], log: Path) -> str:
 
 
 class WorkerProcess:
-    """``python worker.py`` as a real child process that a test can SIGKILL and start again."""
+    """``python worker.py`` as a real child process that a test can SIGKILL and start again.
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    The child gets the stores, the task queue and the relay sweep of ``settings``, plus the
+    ``forward`` settings (field names of :class:`Settings`, lists passed as JSON); every other
+    setting keeps its default.
+    """
+
+    def __init__(self, settings: Settings, log_dir: Path, *, forward: Iterable[str] = ()) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.forward = tuple(forward)
         self.starts = 0
         self.kills = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -424,6 +432,11 @@ class WorkerProcess:
             SWITCHBOARD_WORKER_METRICS_PORT=str(free_port()),
             SWITCHBOARD_WORKER_SDK_METRICS_PORT=str(free_port()),
         )
+        for name in self.forward:
+            value = getattr(self.settings, name)
+            env[f"SWITCHBOARD_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, list) else str(value)
+            )
         return env
 
     @property
@@ -494,6 +507,56 @@ async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[asynci
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def settle_deliveries(pool: asyncpg.Pool, *, expected: int, timeout: float) -> float:
+    """Wait until the database holds ``expected`` deliveries, all ``succeeded`` (return the
+    seconds it took), or fail naming the count per status and the first stragglers.
+    """
+    started = time.monotonic()
+
+    async def probe() -> bool:
+        row = await pool.fetchrow(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE status = 'succeeded') AS done"
+            " FROM deliveries"
+        )
+        assert row is not None
+        return bool(row["total"] == row["done"] == expected)
+
+    try:
+        await wait_for(probe, timeout=timeout, interval=0.1, what=f"{expected} deliveries")
+    except AssertionError as error:
+        counts = await pool.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")
+        rows = await pool.fetch(
+            "SELECT id, event_id, endpoint_id, status, attempts, cycle, dispatched_cycle,"
+            " last_error FROM deliveries WHERE status <> 'succeeded' ORDER BY seq LIMIT 10"
+        )
+        raise AssertionError(
+            f"{error}; by status {dict(map(tuple, counts))}; first stragglers:"
+            f" {[dict(r) for r in rows]}"
+        ) from None
+    return time.monotonic() - started
+
+
+def delivery_fault_point(
+    pool: asyncpg.Pool, *, at_least: int, total: int, sending: Callable[[], int]
+) -> Callable[[], Awaitable[int | None]]:
+    """A ``wait_for`` probe for "some but not all deliveries succeeded, and some on the wire".
+
+    Returns the number of succeeded deliveries once it is ``>= at_least`` while ``sending()``
+    (requests the receiver is answering right now) is positive; fails if all ``total``
+    succeeded first.
+    """
+
+    async def check() -> int | None:
+        done: int = await pool.fetchval(
+            "SELECT count(*) FROM deliveries WHERE status = 'succeeded'"
+        )
+        if done >= total:
+            raise AssertionError(f"all {total} deliveries succeeded before the fault point")
+        return done if done >= at_least and sending() > 0 else None
+
+    return check
 
 
 def fault_point(
