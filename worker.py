@@ -65,7 +65,10 @@ def build_delivery_worker(
     client: Client, settings: Settings, pool: asyncpg.Pool, stack: AsyncExitStack
 ) -> Worker:
     """The Temporal worker for delivery lanes; its HTTP pool closes with ``stack``."""
-    http = vetted_connection_pool(allow=parse_allow_list(settings.delivery_allow_networks))
+    http = vetted_connection_pool(
+        allow=parse_allow_list(settings.delivery_allow_networks),
+        max_connections=settings.delivery_max_in_flight,
+    )
     stack.push_async_callback(http.aclose)
     mailer = Mailer(
         settings.smtp_host, settings.smtp_port, settings.smtp_sender, settings.smtp_timeout_seconds
