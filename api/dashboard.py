@@ -23,10 +23,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 
 from api.auth import require
+from api.operator import Config
 from core.dashboard_tokens import issue_dashboard_token, verify_dashboard_token
 from core.errors import InvalidDashboardToken, OperatorError
 from core.merchant_events import events_after
-from core.settings import DEV_ADMIN_API_KEY, Settings
+from core.settings import DEV_ADMIN_API_KEY
 
 __all__ = ["STATIC_DIR", "router"]
 
@@ -80,14 +81,6 @@ class SyncOut(BaseModel):
     events: list[SyncEvent]
     has_more: bool
     """More events lie between the last one returned and ``head_seq``: ask again after it."""
-
-
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-Config = Annotated[Settings, Depends(_settings)]
 
 
 @router.post(
@@ -150,7 +143,7 @@ async def sync(
     since_seq: Annotated[
         int | None, Query(ge=0, description="Events after this seq; omit for the latest ones.")
     ] = None,
-    limit: Annotated[int, Query(ge=0, le=1000)] = 500,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> SyncOut:
     """The merchant's state and events, consistent with each other at ``head_seq``."""
     pool: asyncpg.Pool = request.app.state.pool
@@ -210,9 +203,9 @@ async def dashboard_page(settings: Config) -> HTMLResponse:
     return HTMLResponse(
         page,
         headers={
-            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:;"
-            " img-src 'self' data:; style-src 'self'; script-src 'self';"
-            " frame-ancestors 'none'",
+            "Content-Security-Policy": f"default-src 'self'; connect-src 'self'"
+            f" {settings.gateway_public_url}; img-src 'self' data:; style-src 'self';"
+            " script-src 'self'; frame-ancestors 'none'",
             "Referrer-Policy": "no-referrer",
             "Cache-Control": "no-store",
         },

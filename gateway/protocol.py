@@ -71,7 +71,8 @@ def parse_client_message(raw: str | bytes) -> ClientMessage | None:
     """The message, or None if it is not one of ours (the caller closes with 1008)."""
     try:
         body: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested arrays ("[[[[…") are not a message either.
         return None
     if not isinstance(body, dict):
         return None

@@ -223,7 +223,10 @@ async function showTrace(eventId) {
 }
 
 async function openWorkflow(eventId) {
-  const tab = window.open("about:blank", "_blank", "noopener");
+  // Opened before the await so the browser counts it as the click's popup; "noopener" would make
+  // window.open return null, so the opener is cut by hand instead.
+  const tab = window.open("about:blank", "_blank");
+  if (tab) tab.opener = null;
   try {
     const trace = await api(`/v1/webhooks/${encodeURIComponent(eventId)}`);
     const search = `${config.temporalUiUrl}/namespaces/${config.temporalNamespace}/workflows`;
