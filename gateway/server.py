@@ -20,7 +20,6 @@ to another instance and resume from their last seq.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
 import json
 import logging
@@ -138,9 +137,11 @@ class Gateway:
                 await server.wait_closed()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: in Python 3.11 an asyncio.wait_for inside a library can swallow a
+        # cancellation, and a task that never ends must not keep the process from exiting.
+        _, stuck = await asyncio.wait(self._tasks, timeout=SHUTDOWN_SECONDS)
+        for task in stuck:
+            log.error("task %s did not stop when cancelled", task.get_name())
 
     # -- handshake --------------------------------------------------------------------------
 
@@ -162,7 +163,9 @@ class Gateway:
         refusal = self.admission.check(
             request.headers.get("Origin"),
             source,
-            len(self._server.connections if self._server else ()),
+            # Not Server.connections: that builds a set of every connection per handshake. This
+            # counts those opening or closing too, less the one asking.
+            len(self._server.all_connections) - 1 if self._server else 0,
         )
         if refusal is not None:
             return self._refuse(

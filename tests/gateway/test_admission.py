@@ -204,7 +204,8 @@ async def test_message_flood_closes_with_1008(gateway: Gateway, gw_settings: Set
 
 async def test_handshake_floods_get_429_with_retry_after(gw_settings: Settings, gw_pool) -> None:
     """200 handshakes at once from one source: the excess gets 429 and a Retry-After."""
-    limited = gw_settings.model_copy(update={"gateway_connect_rate_per_source": 10.0})
+    # 1/s (burst 2): the assertion holds even if a loaded machine makes the 200 take 25 s.
+    limited = gw_settings.model_copy(update={"gateway_connect_rate_per_source": 1.0})
     async with running_gateway(limited, gw_pool) as gateway, httpx.AsyncClient() as http:
 
         async def handshake() -> httpx.Response:
