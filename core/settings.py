@@ -205,6 +205,26 @@ class Settings(BaseSettings):
         description="How long an out-of-order event waits for the missing ones on Redis before"
         " they are read from Postgres.",
     )
+    gateway_max_gap_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A merchant feed that cannot fill a gap (Postgres unreachable) for this long"
+        " closes its clients with 3010.",
+    )
+    gateway_max_pending_events: int = Field(
+        10_000, ge=1, description="Events a feed may hold back behind a gap; 3010 above."
+    )
+    gateway_max_pending_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=4096,
+        description="Bytes a feed may hold back behind a gap; 3010 above.",
+    )
+    gateway_max_replay_events: int = Field(
+        10_000,
+        ge=1,
+        description="Most events replayed to a resuming client; further behind closes with 3010"
+        " (reload with the sync endpoint).",
+    )
     gateway_redis_alert_after_seconds: float = Field(
         30.0, gt=0, description="Redis unreachable this long raises the gateway alert."
     )

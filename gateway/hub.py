@@ -17,7 +17,15 @@ instead of once per connection (no per-client await either). A client whose unse
 
 Per event the hot path reads only ``seq`` (from the payload's fixed prefix, without parsing the
 JSON), writes one pre-built frame per connection and counts; the lag histogram takes one event
-in ``LAG_SAMPLE_EVERY``.
+in ``LAG_SAMPLE_EVERY``. The prefix names the merchant too, so a payload that has it is this
+merchant's; one that does not is parsed, and dropped (and counted) if it names another merchant.
+
+Bounds (all close with 3010, after which clients reconnect and resume by seq): a feed holds back
+at most ``max_pending_events`` / ``max_pending_bytes`` behind a gap and waits at most
+``max_gap_seconds`` without progress for it to fill (Postgres unreachable), then closes its live
+clients and is released, so nothing grows without bound and no client stalls silently; a
+resuming client is replayed at most ``max_replay_events`` (further behind, it should reload with
+the sync endpoint).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from core.merchant_events import (
 from gateway.metrics import (
     DELIVERIES,
     DISCONNECTS,
+    EVENTS_DROPPED,
     EVENTS_IN,
     GAP_FILLS,
     LAG,
@@ -55,12 +64,14 @@ from gateway.metrics import (
 from gateway.protocol import CloseCode, control_message
 from gateway.redis_feed import RedisSubscriber
 
-__all__ = ["Hub", "MerchantFeed", "MerchantFull", "ResumeFailed", "fan_out"]
+__all__ = ["Hub", "MerchantFeed", "MerchantFull", "ReplayTooLong", "ResumeFailed", "fan_out"]
 
 log = logging.getLogger(__name__)
 
 EVENTS_FROM_REDIS = EVENTS_IN.labels("redis")
 EVENTS_FROM_POSTGRES = EVENTS_IN.labels("postgres")
+DROPPED_UNREADABLE = EVENTS_DROPPED.labels("unreadable")
+DROPPED_OTHER_MERCHANT = EVENTS_DROPPED.labels("other_merchant")
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 REPLAY_PAGE = 500
 SLOW_CLOSE_SECONDS = 2.0
@@ -75,6 +86,14 @@ class ResumeFailed(Exception):
     """The events a client missed could not be read from Postgres."""
 
 
+class ReplayTooLong(ResumeFailed):
+    """The client missed more events than a resume replays: it should reload with sync."""
+
+
+class OtherMerchant(ValueError):
+    """A payload on a merchant's channel that names another merchant."""
+
+
 class MerchantFeed:
     """One merchant's subscription, ordering state and live connections on this instance."""
 
@@ -86,8 +105,10 @@ class MerchantFeed:
         "members",
         "merchant_id",
         "pending",
+        "pending_bytes",
         "prefix",
         "ready",
+        "stalled_since",
         "started",
     )
 
@@ -104,6 +125,9 @@ class MerchantFeed:
         """Sessions joined (replaying or live); the feed is released when it drops to zero."""
         self.pending: dict[int, bytes] = {}
         """Events that arrived ahead of ``head + 1``, by seq."""
+        self.pending_bytes = 0
+        self.stalled_since: float | None = None
+        """``time.monotonic()`` since when ``pending`` waits with ``head`` not moving."""
         self.fill_task: asyncio.Task[None] | None = None
 
 
@@ -117,11 +141,19 @@ class Hub:
         client_buffer_bytes: int,
         gap_grace_seconds: float,
         max_connections_per_merchant: int,
+        max_gap_seconds: float,
+        max_pending_events: int,
+        max_pending_bytes: int,
+        max_replay_events: int,
     ) -> None:
         self._pool = pool
         self._client_buffer_bytes = client_buffer_bytes
         self._gap_grace = gap_grace_seconds
         self._max_per_merchant = max_connections_per_merchant
+        self._max_gap = max_gap_seconds
+        self._max_pending_events = max_pending_events
+        self._max_pending_bytes = max_pending_bytes
+        self._max_replay = max_replay_events
         self.feeds: dict[str, MerchantFeed] = {}
         self._by_channel: dict[bytes, MerchantFeed] = {}
         self.subscriber: RedisSubscriber | None = None
@@ -136,7 +168,8 @@ class Hub:
         """Replay what the client missed after ``since_seq`` (None: nothing), then make it live.
 
         Sends ``welcome``, the missed events in order, then ``live``. Raises
-        :class:`MerchantFull` or :class:`ResumeFailed`; on any error the client is not joined.
+        :class:`MerchantFull` or :class:`ResumeFailed` (:class:`ReplayTooLong` past
+        ``max_replay_events``); on any error the client is not joined.
         """
         feed = self.feeds.get(merchant_id)
         if feed is not None and feed.members >= self._max_per_merchant:
@@ -153,6 +186,9 @@ class Hub:
                 )
             )
             sent = await self._replay(connection, feed, sent)
+            if self.feeds.get(merchant_id) is not feed:
+                # Given up on (a gap it could not fill) while this client was replaying.
+                raise ResumeFailed("the merchant feed was reset during the replay")
         except BaseException:
             self.leave(feed, connection)
             raise
@@ -163,7 +199,11 @@ class Hub:
 
     async def _replay(self, connection: ServerConnection, feed: MerchantFeed, sent: int) -> int:
         replayed = 0
+        since = sent
         while sent < feed.head:
+            if feed.head - since > self._max_replay:  # per page: the head moves on meanwhile
+                REPLAYED.inc(replayed)
+                raise ReplayTooLong(f"more than {self._max_replay} events after seq {since}")
             try:
                 rows = await events_after(
                     self._pool, feed.merchant_id, sent, up_to=feed.head, limit=REPLAY_PAGE
@@ -224,9 +264,10 @@ class Hub:
             del self._by_channel[feed.channel.encode()]
             if self.subscriber is not None:
                 self.subscriber.unsubscribe(feed.channel)
-        if feed.fill_task is not None:
+        if feed.fill_task is not None and feed.fill_task is not asyncio.current_task():
             feed.fill_task.cancel()
         feed.pending.clear()
+        feed.pending_bytes = 0
         SUBSCRIPTIONS.set(len(self.feeds))
 
     # -- events in --------------------------------------------------------------------------
@@ -236,13 +277,21 @@ class Hub:
         feed = self._by_channel.get(channel)
         if feed is None:
             return
-        seq = _seq(feed.prefix, payload)
+        try:
+            seq = _seq(feed.prefix, payload, feed.merchant_id)
+        except OtherMerchant:
+            DROPPED_OTHER_MERCHANT.inc()
+            log.error("dropping another merchant's event published on %r", channel)
+            return
         if seq is None:
+            DROPPED_UNREADABLE.inc()
             log.error("ignoring an unreadable message on %r", channel)
             return
         EVENTS_FROM_REDIS.inc()
         if not feed.ready:
-            feed.pending[seq] = payload
+            # Bounded like a gap; what is not kept here the first gap fill reads from Postgres.
+            if not self._over_bounds(feed):
+                self._hold(feed, seq, payload)
             return
         if seq <= feed.head:
             return
@@ -255,8 +304,41 @@ class Hub:
             if feed.pending:
                 self._drain(feed)
         else:
+            self._hold(feed, seq, payload)
+            if self._over_bounds(feed):
+                self._give_up(
+                    feed, f"{len(feed.pending)} events ({feed.pending_bytes} bytes) held back"
+                )
+            else:
+                self._schedule_fill(feed)
+
+    @staticmethod
+    def _hold(feed: MerchantFeed, seq: int, payload: bytes) -> None:
+        if seq not in feed.pending:
             feed.pending[seq] = payload
-            self._schedule_fill(feed)
+            feed.pending_bytes += len(payload)
+
+    def _over_bounds(self, feed: MerchantFeed) -> bool:
+        return (
+            len(feed.pending) > self._max_pending_events
+            or feed.pending_bytes > self._max_pending_bytes
+        )
+
+    def _give_up(self, feed: MerchantFeed, why: str) -> None:
+        """The feed cannot stay gapless: close its live clients with 3010 and release it.
+
+        The clients reconnect and resume by seq from Postgres (gapless); the next one opens a
+        fresh feed. Sessions still replaying notice in :meth:`join` and are refused.
+        """
+        log.warning("giving up on the feed of %s: %s", feed.merchant_id, why)
+        if self.feeds.get(feed.merchant_id) is feed:
+            self._release(feed)
+        feed.ready = False
+        feed.stalled_since = None
+        DISCONNECTS.labels("gap").inc(len(feed.live))
+        for connection in feed.live:
+            self.close_soon(connection, CloseCode.INSUFFICIENT_STATE, "cannot fill a gap")
+        feed.live.clear()
 
     def _deliver(self, feed: MerchantFeed, seq: int, payload: bytes) -> None:
         feed.head = seq
@@ -271,25 +353,44 @@ class Hub:
     def _drain(self, feed: MerchantFeed) -> None:
         """Fan out the held-back events that are now next; fill from Postgres if a gap remains."""
         pending = feed.pending
+        head = feed.head
         while pending:
             payload = pending.pop(feed.head + 1, None)
             if payload is None:
                 break
+            feed.pending_bytes -= len(payload)
             self._deliver(feed, feed.head + 1, payload)
         for seq in [s for s in pending if s <= feed.head]:
-            del pending[seq]
-        if pending:
-            self._schedule_fill(feed)
+            feed.pending_bytes -= len(pending.pop(seq))
+        if not pending:
+            feed.stalled_since = None
+            return
+        if feed.head != head:
+            feed.stalled_since = time.monotonic()
+        self._schedule_fill(feed)
 
     def _schedule_fill(self, feed: MerchantFeed) -> None:
+        if feed.stalled_since is None:
+            feed.stalled_since = time.monotonic()
         if feed.fill_task is None or feed.fill_task.done():
             feed.fill_task = asyncio.create_task(self._fill(feed))
 
     async def _fill(self, feed: MerchantFeed) -> None:
-        """Read every event up to the latest held-back one from Postgres, in one query."""
+        """Read every event up to the latest held-back one from Postgres, in one query.
+
+        Gives up on the feed (:meth:`_give_up`) once ``head`` has not moved for
+        ``max_gap_seconds`` with events held back.
+        """
         delay = self._gap_grace
         while feed.pending and self.feeds.get(feed.merchant_id) is feed:
-            await asyncio.sleep(delay)  # let late publishes close the gap for free
+            stalled_since = feed.stalled_since
+            if stalled_since is None:
+                stalled_since = feed.stalled_since = time.monotonic()
+            left = stalled_since + self._max_gap - time.monotonic()
+            if left <= 0:
+                self._give_up(feed, f"a gap after seq {feed.head} unfilled for {self._max_gap} s")
+                return
+            await asyncio.sleep(min(delay, left))  # late publishes close the gap for free
             if not feed.pending:
                 return
             up_to = max(feed.pending) - 1
@@ -297,9 +398,11 @@ class Hub:
                 self._drain(feed)
                 continue
             try:
-                rows = await events_after(
-                    self._pool, feed.merchant_id, feed.head, up_to=up_to, limit=REPLAY_PAGE
-                )
+                # Bounded too: an unanswered query must not hold the feed past its deadline.
+                async with asyncio.timeout(max(1.0, left)):
+                    rows = await events_after(
+                        self._pool, feed.merchant_id, feed.head, up_to=up_to, limit=REPLAY_PAGE
+                    )
             except DATABASE_ERRORS as error:
                 log.warning("cannot fill a gap for %s from Postgres: %s", feed.merchant_id, error)
                 delay = min(5.0, max(0.5, delay * 2))
@@ -385,17 +488,26 @@ def fan_out(
     return sent, slow
 
 
-def _seq(prefix: bytes, payload: bytes) -> int | None:
-    """The event's seq: read after its known prefix if it has it, else from the parsed JSON."""
+def _seq(prefix: bytes, payload: bytes, merchant_id: str) -> int | None:
+    """The event's seq: read after its known prefix if it has it, else from the parsed JSON.
+
+    The prefix starts with ``{"merchant_id":<this merchant>``, so a payload that has it is this
+    merchant's without a parse. Otherwise the parsed payload must name ``merchant_id`` (else
+    :class:`OtherMerchant`). None if there is no readable seq.
+    """
     if payload.startswith(prefix):
         start = len(prefix)
         end = payload.find(b",", start)
         with contextlib.suppress(ValueError):
             return int(payload[start:end])
     try:
-        seq = json.loads(payload)["seq"]
-    except (ValueError, KeyError, TypeError):
+        body = json.loads(payload)
+        seq = body["seq"]
+        named = body.get("merchant_id")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
+    if named != merchant_id:
+        raise OtherMerchant(named)
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 

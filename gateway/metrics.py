@@ -8,6 +8,7 @@ __all__ = [
     "CONNECTIONS",
     "DELIVERIES",
     "DISCONNECTS",
+    "EVENTS_DROPPED",
     "EVENTS_IN",
     "GAP_FILLS",
     "HANDSHAKES_REFUSED",
@@ -28,6 +29,12 @@ EVENTS_IN = Counter(
     "Merchant events entering the fan-out, by source.",
     ["source"],
 )
+EVENTS_DROPPED = Counter(
+    "switchboard_gateway_events_dropped_total",
+    "Messages from Redis not fanned out, by reason (unreadable, other_merchant: a payload"
+    " naming another merchant than its channel's).",
+    ["reason"],
+)
 DELIVERIES = Counter(
     "switchboard_gateway_deliveries_total", "Event messages written to clients (live fan-out)."
 )
@@ -41,7 +48,8 @@ GAP_FILLS = Counter(
 )
 DISCONNECTS = Counter(
     "switchboard_gateway_disconnects_total",
-    "Connections the gateway closed, by reason (slow, auth, rate, cap, expired, shutdown).",
+    "Connections the gateway closed, by reason (slow, auth, protocol, flood, cap, expired,"
+    " resume, replay, gap, shutdown).",
     ["reason"],
 )
 HANDSHAKES_REFUSED = Counter(

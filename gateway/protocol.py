@@ -52,8 +52,10 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 3008
     """The client fell more than ``gateway_client_buffer_bytes`` behind: reconnect and resume."""
     INSUFFICIENT_STATE = 3010
-    """The gateway could not keep this connection gapless (Postgres unreachable while filling
-    a gap): reconnect and resume from the last seq."""
+    """The gateway could not keep this connection gapless: a gap it could not fill from
+    Postgres in time (or too many events held back behind it), or a resume further behind than
+    ``gateway_max_replay_events``. Back off and resume from the last seq, or reload the state
+    with the sync endpoint and resume from its ``head_seq`` (what the dashboard does)."""
 
 
 class ClientMessage:

@@ -43,12 +43,26 @@ from core.errors import InvalidDashboardToken
 from core.logs import configure_logging
 from core.settings import Settings
 from gateway.admission import Admission, TokenBucket
-from gateway.hub import DATABASE_ERRORS, Hub, MerchantFull, ResumeFailed, close_or_abort
+from gateway.hub import (
+    DATABASE_ERRORS,
+    Hub,
+    MerchantFull,
+    ReplayTooLong,
+    ResumeFailed,
+    close_or_abort,
+)
 from gateway.metrics import CONNECTIONS, DISCONNECTS, HANDSHAKES_REFUSED, REDIS_CONNECTED, RESUMES
 from gateway.protocol import CloseCode, control_message, parse_client_message
 from gateway.redis_feed import RedisSubscriber
 
-__all__ = ["REDIS_ALERT_KEY", "WEBSOCKET_PATH", "Gateway", "main", "run_gateway"]
+__all__ = [
+    "CLIENT_MESSAGE_BURST_SECONDS",
+    "REDIS_ALERT_KEY",
+    "WEBSOCKET_PATH",
+    "Gateway",
+    "main",
+    "run_gateway",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,8 @@ CLOSE_TIMEOUT_SECONDS = 2.0
 """How long a closing handshake may take; a dead peer is gone after ping interval + ping
 timeout + this (42 s with the defaults)."""
 SINCE_SEQ_HEADER = "Switchboard-Since-Seq"
+CLIENT_MESSAGE_BURST_SECONDS = 10
+"""A client may send this many seconds' worth of its per-minute allowance at once."""
 
 
 class Gateway:
@@ -73,6 +89,10 @@ class Gateway:
             client_buffer_bytes=settings.gateway_client_buffer_bytes,
             gap_grace_seconds=settings.gateway_gap_grace_seconds,
             max_connections_per_merchant=settings.gateway_max_connections_per_merchant,
+            max_gap_seconds=settings.gateway_max_gap_seconds,
+            max_pending_events=settings.gateway_max_pending_events,
+            max_pending_bytes=settings.gateway_max_pending_bytes,
+            max_replay_events=settings.gateway_max_replay_events,
         )
         self.subscriber = RedisSubscriber(
             settings.redis_url, self.hub.on_message, on_up=self._redis_up, on_down=self._redis_down
@@ -86,7 +106,6 @@ class Gateway:
             max_connections=settings.gateway_max_connections,
         )
         self._secret = settings.dashboard_token_secret.get_secret_value()
-        self._header_auth: dict[ServerConnection, tuple[DashboardGrant, int | None]] = {}
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._needs_resync = False
@@ -171,29 +190,34 @@ class Gateway:
             return self._refuse(
                 connection, refusal.status, refusal.reason, refusal.detail, refusal.retry_after
             )
-        return self._header_authentication(connection, request.headers)
-
-    def _header_authentication(
-        self, connection: ServerConnection, headers: Headers
-    ) -> Response | None:
-        authorization = headers.get("Authorization")
-        if authorization is None:
-            return None  # the token comes as the first message
-        scheme, _, token = authorization.partition(" ")
         try:
-            if scheme.lower() != "bearer":
-                raise InvalidDashboardToken("use 'Authorization: Bearer <dashboard token>'")
-            grant = verify_dashboard_token(self._secret, token.strip(), now=time.time())
-            since_header = headers.get(SINCE_SEQ_HEADER)
-            since = int(since_header) if since_header is not None else None
-            if since is not None and since < 0:
-                raise ValueError(since)
+            self._header_authentication(request.headers)
         except InvalidDashboardToken as error:
             return self._refuse(connection, 401, "auth", f"{error}\n")
         except ValueError:
             return self._refuse(connection, 400, "auth", f"{SINCE_SEQ_HEADER} must be a seq\n")
-        self._header_auth[connection] = (grant, since)
         return None
+
+    def _header_authentication(self, headers: Headers) -> tuple[DashboardGrant, int | None] | None:
+        """The grant and since_seq of ``Authorization`` in the handshake; None without it.
+
+        Run before the upgrade (to refuse with 401) and again by the session, which keeps
+        nothing per connection between the two: a handshake that fails after this check, or a
+        peer that leaves, leaves nothing behind. Raises ``InvalidDashboardToken`` or
+        ``ValueError`` (a bad ``Switchboard-Since-Seq``).
+        """
+        authorization = headers.get("Authorization")
+        if authorization is None:
+            return None  # the token comes as the first message
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise InvalidDashboardToken("use 'Authorization: Bearer <dashboard token>'")
+        grant = verify_dashboard_token(self._secret, token.strip(), now=time.time())
+        since_header = headers.get(SINCE_SEQ_HEADER)
+        since = int(since_header) if since_header is not None else None
+        if since is not None and since < 0:
+            raise ValueError(since)
+        return grant, since
 
     @staticmethod
     def _refuse(
@@ -222,7 +246,14 @@ class Gateway:
     # -- sessions ---------------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        authenticated = self._header_auth.pop(connection, None)
+        try:
+            assert connection.request is not None
+            authenticated = self._header_authentication(connection.request.headers)
+        except (InvalidDashboardToken, ValueError) as error:
+            # Only if the token expired in the instant since process_request accepted it.
+            DISCONNECTS.labels("auth").inc()
+            await self._close(connection, CloseCode.POLICY_VIOLATION, str(error))
+            return
         if authenticated is None:
             authenticated = await self._first_message_auth(connection)
             if authenticated is None:
@@ -233,6 +264,13 @@ class Gateway:
         except MerchantFull:
             DISCONNECTS.labels("cap").inc()
             await self._close(connection, CloseCode.TRY_AGAIN_LATER, "too many connections")
+            return
+        except ReplayTooLong as error:
+            log.info("resume refused for %s: %s", grant.merchant_id, error)
+            DISCONNECTS.labels("replay").inc()
+            await self._close(
+                connection, CloseCode.INSUFFICIENT_STATE, "too far behind: reload with sync"
+            )
             return
         except ResumeFailed as error:
             log.warning("resume failed for %s: %s", grant.merchant_id, error)
@@ -281,7 +319,9 @@ class Gateway:
 
     async def _read_client_messages(self, connection: ServerConnection) -> None:
         per_minute = self.settings.gateway_client_messages_per_minute
-        allowance = TokenBucket(per_minute / 60, max(1.0, per_minute / 6))
+        allowance = TokenBucket(
+            per_minute / 60, max(1.0, per_minute / 60 * CLIENT_MESSAGE_BURST_SECONDS)
+        )
         try:
             async for raw in connection:
                 message = parse_client_message(raw)

@@ -6,6 +6,7 @@ const config = JSON.parse(document.getElementById("sb-config").textContent);
 const RING_SIZE = 500;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30000;
+const INSUFFICIENT_STATE = 3010;  // the gateway cannot resume us gaplessly: reload through sync
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...children) => {
@@ -32,12 +33,15 @@ const state = {
   connState: "idle",
   queue: [],         // events waiting for the next animation frame
   stopped: false,
+  needsSync: false,  // reload the state through sync before the next connection
+  syncs: 0,          // snapshots loaded (the first, then one per 3010)
 };
 window.switchboard = {  // for tests and the curious: read-only views of the page state
   seqs: () => state.ring.map((e) => e.seq),
   merchants: () => [...new Set(state.ring.map((e) => e.merchant_id))],
   lastSeq: () => state.lastSeq,
   connState: () => state.connState,
+  syncs: () => state.syncs,
 };
 
 async function api(path, options = {}) {
@@ -81,6 +85,11 @@ function scheduleReconnect(reason) {
 async function connect() {
   if (state.stopped) return;
   setConn("connecting", "connecting");
+  if (state.needsSync) {
+    // Closed with 3010 (e.g. too far behind to replay): start again from a fresh snapshot.
+    try { await loadSnapshot(); }
+    catch (error) { return scheduleReconnect(`sync failed (${error.message})`); }
+  }
   let grant;
   try {
     // A fresh token per connection: tokens are short-lived and never reused.
@@ -96,6 +105,7 @@ async function connect() {
   socket.onclose = (event) => {
     if (state.socket !== socket) return;
     state.socket = null;
+    if (event.code === INSUFFICIENT_STATE) state.needsSync = true;
     scheduleReconnect(`closed with ${event.code} ${event.reason || ""}`.trim());
   };
 }
@@ -186,18 +196,29 @@ function renderKpis() {
   $("kpis").replaceChildren(...cards);
 }
 
-async function startMerchant() {
+async function loadSnapshot() {
+  // Replaces everything the page holds with the merchant's state as of the sync's head_seq.
   const snapshot = await api(`/v1/merchants/${encodeURIComponent(state.merchant)}/sync`);
   state.totals.clear();
+  state.balances.clear();
+  state.ring = [];
+  state.queue = [];
+  $("events").replaceChildren();
   for (const t of snapshot.totals) {
     state.totals.set(t.currency, { volume: t.volume, refunded: t.refunded, succeeded: t.payments_succeeded, failed: t.payments_failed });
   }
   for (const b of snapshot.balances) state.balances.set(b.currency, b);
   for (const event of snapshot.events) accept(event, false);
   state.lastSeq = snapshot.head_seq;  // totals are exactly the effect of events up to here
-  $("merchant-name").textContent = state.merchant;
+  state.needsSync = false;
+  state.syncs += 1;
   renderKpis();
   $("empty").hidden = snapshot.events.length > 0;
+}
+
+async function startMerchant() {
+  await loadSnapshot();
+  $("merchant-name").textContent = state.merchant;
   connect();
 }
 

@@ -163,3 +163,48 @@ async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_me
         assert other not in await page.locator("#merchant-view").inner_html()
         assert await rows.first.get_attribute("data-seq") == "100", "newest first"
         assert errors == []
+
+
+async def test_the_page_reloads_through_sync_when_too_far_behind_to_resume(
+    stack: Stack, gw_pool: asyncpg.Pool, gw_redis: Redis, chromium: str
+) -> None:
+    """In headless Chromium: back after missing more events than the gateway replays, the page
+    is closed with 3010, reloads its state through sync, and goes live from its head_seq."""
+    from playwright.async_api import async_playwright
+
+    settings = stack.gateway_settings.model_copy(update={"gateway_max_replay_events": 20})
+    merchant = await _merchant(gw_pool)
+    await append_events(gw_pool, gw_redis, merchant, 5)
+    async with contextlib.AsyncExitStack() as exits:
+        gateway: Gateway = await exits.enter_async_context(
+            running_gateway(settings, gw_pool, stack.gateway_port)
+        )
+        playwright = await exits.enter_async_context(async_playwright())
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        exits.push_async_callback(browser.close)
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(f"{stack.api_url}/dashboard?merchant={merchant}")
+        await page.fill("#api-key", stack.api_settings.admin_api_key.get_secret_value())
+        await page.click("button[type=submit]")
+        await page.wait_for_function(
+            "() => window.switchboard.connState() === 'live'", timeout=15_000
+        )
+        assert await page.evaluate("window.switchboard.syncs()") == 1
+
+        await gateway.stop()
+        await page.wait_for_function(
+            "() => window.switchboard.connState() !== 'live'", timeout=10_000
+        )
+        await append_events(gw_pool, gw_redis, merchant, 30)  # 30 behind: over the cap of 20
+        await exits.enter_async_context(running_gateway(settings, gw_pool, stack.gateway_port))
+        await page.wait_for_function("() => window.switchboard.syncs() === 2", timeout=20_000)
+        await page.wait_for_function(
+            "() => window.switchboard.connState() === 'live'", timeout=20_000
+        )
+        await append_events(gw_pool, gw_redis, merchant, 5)
+        await page.wait_for_function("() => window.switchboard.lastSeq() === 40", timeout=10_000)
+        assert await page.evaluate("window.switchboard.seqs()") == list(range(1, 41))
+        assert await page.locator("#events tr").count() == 40
+        assert errors == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import socket
 import time
@@ -183,14 +184,28 @@ async def test_slow_consumer_is_dropped_and_others_keep_their_latency(
     gw_settings: Settings, gw_pool: asyncpg.Pool, gw_redis: Redis
 ) -> None:
     """A client that stops reading is closed (3008) once its buffer passes the bound, within
-    30 s at 5 events/s, while a reading client of the same merchant keeps low latency."""
+    30 s at 5 events/s, while a reading client of the same merchant keeps its latency: p99 at
+    most twice the one it had before the stalled client joined (S6)."""
     from tests.gateway.support import running_gateway
 
     settings = gw_settings.model_copy(update={"gateway_client_buffer_bytes": 256 * 1024})
+    big = {"amount": 100, "currency": "EUR", "blob": "x" * 120_000}
     async with running_gateway(settings, gw_pool) as gateway:
         merchant = merchant_id()
         healthy = await recorder(settings, gateway.port, merchant)
         await healthy.wait_live()
+        feed = gateway.hub.feeds[merchant]
+
+        async def latency() -> float:
+            """Publish one big event, wait for the healthy client to get it, pace to 5/s."""
+            rows = await append_events(gw_pool, None, merchant, 1, data=big)
+            published = time.time()
+            await publish_rows(gw_redis, rows)
+            await healthy.wait_seq(rows[-1]["seq"], timeout=10)
+            await asyncio.sleep(0.2)  # pacing (5 events/s, the scenario's rate), not a wait
+            return healthy.received_at[-1] - published
+
+        baseline = [await latency() for _ in range(15)]
         # A socket with a small receive buffer that we never read from.
         stalled_socket = socket.socket()
         stalled_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -201,22 +216,21 @@ async def test_slow_consumer_is_dropped_and_others_keep_their_latency(
         await stalled.send(f'{{"type":"auth","token":"{token_for(settings, merchant)}"}}')
         stalled_transport = stalled.transport
         stalled_transport.pause_reading()
-        big = {"amount": 100, "currency": "EUR", "blob": "x" * 120_000}
+
+        async def both_live() -> bool:
+            return len(feed.live) == 2
+
+        await wait_for(both_live, timeout=10, what="the stalled client to go live")
         started = time.monotonic()
         latencies: list[float] = []
-        sent = 0
-        while len(gateway.hub.feeds[merchant].live) == 2 or sent == 0:
+        while len(feed.live) == 2:
             assert time.monotonic() - started < 30, "the stalled client was not dropped in 30 s"
-            rows = await append_events(gw_pool, None, merchant, 1, data=big)
-            published = time.time()
-            await publish_rows(gw_redis, rows)
-            sent = rows[-1]["seq"]
-            await healthy.wait_seq(sent, timeout=5)
-            latencies.append(healthy.received_at[-1] - published)
-            await asyncio.sleep(0.2)  # 5 events/s, the rate of the scenario
-        dropped_after = time.monotonic() - started
-        assert dropped_after < 30
-        assert max(latencies) < 0.5, latencies
+            latencies.append(await latency())
+        assert latencies, "the stalled client was dropped before any event"
+        # p99 against the same test's baseline; the floor keeps a fast baseline from making
+        # scheduling noise on a loaded machine fail it (a blocked fan-out would take seconds).
+        bound = max(2 * _p99(baseline), LATENCY_FLOOR_SECONDS)
+        assert _p99(latencies) <= bound, (latencies, baseline)
         # Reading again, the client finds the end of its connection: 3008 if the close frame
         # got through before the gateway gave up waiting and reset the socket.
         stalled_transport.resume_reading()
@@ -226,3 +240,11 @@ async def test_slow_consumer_is_dropped_and_others_keep_their_latency(
                     pass
         assert stalled.close_code in (3008, 1006)
         await healthy.stop()
+
+
+LATENCY_FLOOR_SECONDS = 1.0
+
+
+def _p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]

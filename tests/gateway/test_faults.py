@@ -36,6 +36,8 @@ from tests.gateway.support import (
 )
 from tests.support import wait_for
 
+PING_TEST_SLACK_SECONDS = 6.0
+
 
 async def test_a_stopped_peer_is_closed_by_the_ping_timeout(
     gw_settings: Settings, gw_pool: asyncpg.Pool
@@ -67,9 +69,12 @@ async def test_a_stopped_peer_is_closed_by_the_ping_timeout(
             async def dropped() -> bool:
                 return gateway.hub.connection_count() == 0
 
-            await wait_for(dropped, timeout=10, what="the stopped peer to be dropped")
-            # ping interval + ping timeout + closing-handshake timeout, plus scheduling slack
-            assert time.monotonic() - stopped_at <= 0.5 + 1.0 + CLOSE_TIMEOUT_SECONDS + 1.0
+            await wait_for(dropped, timeout=30, what="the stopped peer to be dropped")
+            # By design within ping interval + ping timeout + closing-handshake timeout (3.5 s);
+            # the slack absorbs a loaded 2-core CI machine. Without keepalive the peer would
+            # stay forever (TCP keepalive takes hours), so the bound still means something.
+            needed = 0.5 + 1.0 + CLOSE_TIMEOUT_SECONDS
+            assert time.monotonic() - stopped_at <= needed + PING_TEST_SLACK_SECONDS
         finally:
             os.kill(peer.pid, signal.SIGKILL)
             peer.wait()
