@@ -12,6 +12,10 @@ Modules:
 * :mod:`benchmarks.pipeline` — receipt-to-published latency, end-to-end throughput of a burst and
   Temporal cost per webhook, against a no-op workflow on the same Temporal server
   (:mod:`benchmarks.temporal_baseline`).
+* :mod:`benchmarks.deliveries` — outbound merchant webhooks to a stub merchant
+  (:mod:`benchmarks.stub_merchant`): deliveries/s and first-attempt latency with 0 % and 20 %
+  failing attempts, and a dead endpoint beside healthy ones, against the pipeline alone and the
+  no-op workflow.
 * :mod:`benchmarks.stack`, :mod:`benchmarks.harness` — starting the system, CPU accounting and
   repeated measurement; :mod:`benchmarks.pacing`, :mod:`benchmarks.http_load`,
   :mod:`benchmarks.workload` — offering load; :mod:`benchmarks.stats`,

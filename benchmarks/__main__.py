@@ -1,10 +1,11 @@
 """``python -m benchmarks`` (``./run bench``): run every measurement, print and save the table.
 
 ``--quick`` is a smoke run of about a minute (less on an idle machine); the default full run
-takes about 8 minutes.
+takes about 17 minutes (outbound deliveries about 4 of them).
 ``--temporal memory`` runs Temporal without its SQLite file, ``both`` reports both setups.
 
-Order matters: the pipeline is measured first, on an empty inbox; the load-generator check
+Order matters: the pipeline is measured first, on an empty inbox, then the outbound
+deliveries (which restart the worker; see :mod:`benchmarks.deliveries`); the load-generator check
 touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
 the worker drains, and that backlog is what "worker draining" means for them.
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import uvloop
 
+from benchmarks.deliveries import measure_deliveries
+from benchmarks.fanout import fanout_stores, measure_fanout
 from benchmarks.harness import open_harness, progress
 from benchmarks.ingress import measure_ingress, measure_load_generator
 from benchmarks.pipeline import measure_pipeline
@@ -38,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
-    text = "\n".join(_run(plan, in_memory) for in_memory in TEMPORAL_SETUPS[args.temporal])
+    if args.only == "fanout":
+        text = _run_fanout_only(plan)
+    else:
+        text = "\n".join(_run(plan, in_memory) for in_memory in TEMPORAL_SETUPS[args.temporal])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)
@@ -57,6 +63,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "in memory, or both one after the other",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"default: {RESULTS}")
+    parser.add_argument(
+        "--only",
+        choices=["all", "fanout"],
+        default="all",
+        help="`fanout`: only the gateway fan-out benchmark (embedded Postgres and Redis only)",
+    )
     return parser.parse_args(argv)
 
 
@@ -81,9 +93,28 @@ def _run(plan: Plan, temporal_in_memory: bool) -> str:
 async def _measure(stack: BenchStack, plan: Plan) -> tuple[list[Section], dict[str, CpuUse]]:
     async with open_harness(stack, plan) as h:
         pipeline = await measure_pipeline(h)
+        deliveries = await measure_deliveries(h)
         load_generator = await measure_load_generator(h)
         ingress = await measure_ingress(h)
-    return [ingress, pipeline, load_generator], h.phase_cpu
+    with progress("gateway fan-out against python-socketio"):
+        fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
+    return [ingress, pipeline, *deliveries, load_generator, fanout], h.phase_cpu
+
+
+def _run_fanout_only(plan: Plan) -> str:
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    with fanout_stores() as (postgres_url, redis_url):
+        section = uvloop.run(measure_fanout(postgres_url, redis_url, plan.name == "quick"))
+    notes = [
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, Python "
+        f"{platform.python_version()}, {os.cpu_count()} cores; {plan.name} plan; this run took "
+        f"{time.monotonic() - started:.0f} s.",
+        f"Load average (1 min) before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f}.",
+    ]
+    return render(
+        f"Switchboard benchmarks — gateway fan-out only, {plan.name} run", notes, [section], {}
+    )
 
 
 def _header_notes(

@@ -1,4 +1,4 @@
-"""How long and how hard each measurement runs: the full plan (~8 min) and ``--quick`` (~1 min).
+"""How long and how hard each measurement runs: the full plan (~17 min) and ``--quick``.
 
 Every measurement repeats ``repeats`` times, alternating baseline and subject so drift on a
 noisy machine hits both alike; the report shows the medians. In the quick plan the 10 s of
@@ -37,6 +37,11 @@ class Plan:
     burst: int
     settle_timeout: float
     history_sample: int
+    # Outbound deliveries (:mod:`benchmarks.deliveries`); they reuse ``settle_timeout``.
+    delivery_burst: int
+    delivery_rate: float
+    delivery_seconds: float
+    delivery_baseline_seconds: float
 
 
 FULL = Plan(
@@ -55,6 +60,10 @@ FULL = Plan(
     burst=600,
     settle_timeout=120,
     history_sample=30,
+    delivery_burst=100,
+    delivery_rate=10,
+    delivery_seconds=8,
+    delivery_baseline_seconds=4,
 )
 
 QUICK = Plan(
@@ -73,4 +82,8 @@ QUICK = Plan(
     burst=20,
     settle_timeout=10,
     history_sample=10,
+    delivery_burst=20,
+    delivery_rate=10,
+    delivery_seconds=1,
+    delivery_baseline_seconds=0.5,
 )

@@ -5,7 +5,10 @@
 unless ``temporal_in_memory``), applies the migrations, registers a benchmark partner, then runs
 the api (``python -m cli.main api``), the worker (``python worker.py``) and the bare baseline
 ingress (``python -m benchmarks.bare_ingress``) as separate processes with ``SWITCHBOARD_*``
-variables pointing at those services. Every child runs in its own session with cwd in the temp
+variables pointing at those services, plus the stub merchant that deliveries go to
+(``python -m benchmarks.stub_merchant``). The worker may reach loopback merchants and retries
+deliveries on a short schedule (:data:`DELIVERY_SETTINGS`); :meth:`BenchStack.restart_worker`
+restarts it with other settings. Every child runs in its own session with cwd in the temp
 dir (so no stray ``.env`` applies) and is stopped, then killed if need be, on exit.
 
 :class:`CpuMeter` reads the CPU time of each of those processes (and their children) so a phase
@@ -40,7 +43,7 @@ from core.contracts import SEARCH_ATTRIBUTES
 from core.db import migrate
 from core.signing import generate_secret
 
-__all__ = ["HOST", "OTHERS", "REPO", "BenchStack", "CpuMeter", "CpuUse"]
+__all__ = ["DELIVERY_SETTINGS", "HOST", "OTHERS", "REPO", "BenchStack", "CpuMeter", "CpuUse"]
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +52,15 @@ BARE_SECRET_ENV = "BENCH_BARE_SECRET"
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 1.0
 """Seconds a process gets to exit on SIGTERM before SIGKILL (its results are already in)."""
+WORKER_RESTART_TIMEOUT = 15.0
+"""Seconds a restarted worker gets to shut down gracefully (it allows itself 10)."""
+WORKER_READY = b"worker ready on task queues"
+DELIVERY_SETTINGS = {
+    "DELIVERY_ALLOW_NETWORKS": f"{HOST}/32",
+    # Attempts 1 s apart instead of 5 s, 5 min, 30 min…, so failed deliveries finish in a run.
+    "DELIVERY_RETRY_SCHEDULE": "[0, 1, 1, 1, 1, 1, 1, 1]",
+}
+"""Worker (and api) settings for outbound deliveries to the stub merchant on 127.0.0.1."""
 
 
 class BenchStack:
@@ -66,11 +78,15 @@ class BenchStack:
         )
         self.api_port = free_port(HOST)
         self.bare_port = free_port(HOST)
+        self.merchant_ports = {mode: free_port(HOST) for mode in ("ok", "flaky", "hang")}
+        self.refusing_port = free_port(HOST)
+        """Nothing listens here: a dead endpoint that refuses connections."""
         self.partner_id = PARTNER_ID
         self.partner_secret = generate_secret()
         self.task_queue = "switchboard-webhooks"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._exit = ExitStack()
+        self._env: dict[str, str] = {}
 
     def start(self) -> None:
         """Start everything; on failure, stop whatever had started and re-raise."""
@@ -103,6 +119,32 @@ class BenchStack:
     @property
     def api_url(self) -> str:
         return f"http://{HOST}:{self.api_port}"
+
+    def merchant_url(self, mode: str) -> str:
+        """Base URL of the stub merchant's ``mode`` port (``ok``, ``flaky``, ``hang``)."""
+        return f"http://{HOST}:{self.merchant_ports[mode]}"
+
+    def restart_worker(self, settings: dict[str, str]) -> None:
+        """Stop the worker and start it again with ``SWITCHBOARD_{key}`` = value on top.
+
+        The old worker shuts down gracefully, so the Temporal server sees its polls end rather
+        than a vanished poller; the call returns once the new one says it is ready. Its pid
+        changes: build a new :class:`CpuMeter` afterwards.
+        """
+        worker = self.processes.pop("worker")
+        _stop_all({"worker": worker}, timeout=WORKER_RESTART_TIMEOUT)
+        log = self.root / "logs" / "worker.log"
+        readies = log.read_bytes().count(WORKER_READY)
+        env = self._env | {f"SWITCHBOARD_{key}": value for key, value in settings.items()}
+        self._spawn("worker", [sys.executable, str(REPO / "worker.py")], env)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while log.read_bytes().count(WORKER_READY) <= readies:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the worker did not restart in time:\n{self.log_tail('worker')}"
+                )
+            time.sleep(0.1)
 
     def pids(self) -> dict[str, int]:
         """Process ids worth accounting CPU for, by role (this process is ``bench``)."""
@@ -139,17 +181,25 @@ class BenchStack:
         # Exit runs in reverse: the processes stop first, then the services go.
         self._exit.callback(self._kill_services)
         self._exit.callback(_stop_all, self.processes)
-        env = self._switchboard_env()
+        env = self._env = self._switchboard_env()
         # The bare app needs no service: let it import while the services start.
         self._spawn(
             "bare",
             [sys.executable, "-m", "benchmarks.bare_ingress", "--port", str(self.bare_port)],
             {**env, "PYTHONPATH": str(REPO), BARE_SECRET_ENV: self.partner_secret},
         )
+        ports = [f"--{mode}-port={port}" for mode, port in self.merchant_ports.items()]
+        self._spawn(
+            "merchant",
+            [sys.executable, "-m", "benchmarks.stub_merchant", *ports],
+            {**env, "PYTHONPATH": str(REPO)},
+        )
         self._start_services()
         self._spawn("api", [sys.executable, "-m", "cli.main", "api"], env)
         self._spawn("worker", [sys.executable, str(REPO / "worker.py")], env)
-        for name, port in (("bare", self.bare_port), ("api", self.api_port)):
+        ready = [("bare", self.bare_port), ("api", self.api_port)]
+        ready += [("merchant", port) for port in self.merchant_ports.values()]
+        for name, port in ready:
             self._wait_for_port(name, port)
 
     def _start_services(self) -> None:
@@ -194,6 +244,7 @@ class BenchStack:
             "WORKER_METRICS_PORT": str(free_port(HOST)),
             "WORKER_SDK_METRICS_PORT": str(free_port(HOST)),
             "GATEWAY_PORT": str(free_port(HOST)),
+            **DELIVERY_SETTINGS,
         }
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
         return inherited | {f"SWITCHBOARD_{key}": value for key, value in settings.items()}
@@ -236,12 +287,12 @@ async def _register_partner(database_url: str, partner_id: str, secret: str) -> 
         await conn.close()
 
 
-def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process at once, then SIGKILL whichever is still up after the timeout."""
+def _stop_all(processes: dict[str, subprocess.Popen[bytes]], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM every process at once, then SIGKILL whichever is still up after ``timeout``."""
     for proc in processes.values():
         if proc.poll() is None:
             proc.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT
+    deadline = time.monotonic() + timeout
     for proc in processes.values():
         try:
             proc.wait(max(0.0, deadline - time.monotonic()))

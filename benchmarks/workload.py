@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.signing import sign_headers
@@ -37,16 +38,26 @@ class SignedWebhook:
 
 
 def payment_webhooks(
-    partner_id: str, secret: str, count: int, *, host: str, merchants: int = MERCHANTS
+    partner_id: str,
+    secret: str,
+    count: int,
+    *,
+    host: str,
+    merchants: int = MERCHANTS,
+    merchant_ids: Sequence[str] = (),
 ) -> list[SignedWebhook]:
-    """``count`` signed webhooks of new payments, each with a unique webhook id."""
+    """``count`` signed webhooks of new payments, each with a unique webhook id.
+
+    Payments go round-robin to ``merchant_ids`` if given, else to ``merchant_0`` … ``merchants-1``.
+    """
+    names = merchant_ids or [f"merchant_{i}" for i in range(merchants)]
     run = uuid.uuid4().hex[:10]
     now = int(time.time())
     path = f"/webhooks/{partner_id}"
     signed = []
     for i in range(count):
         webhook_id = f"msg_{run}_{i}"
-        body = _payment(f"pay_{run}_{i}", f"merchant_{i % merchants}", 100 + i % 50_000)
+        body = _payment(f"pay_{run}_{i}", names[i % len(names)], 100 + i % 50_000)
         headers = {
             "content-type": "application/json",
             **sign_headers(secret, webhook_id, body, now=now),
