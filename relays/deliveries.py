@@ -3,10 +3,11 @@
 The ledger records deliveries in the transaction that produced their event, and operators'
 replays and endpoint resumes mark deliveries for another cycle; each NOTIFYs. The relay claims
 what is ready (a delivery whose current cycle was not handed over yet, for an active endpoint
-or an email) with a short lease and signal-with-starts its lane, ``delivery:{lane}``, which
-delivers the lane's deliveries one at a time in seq order. A lane already running just gets
-the signal. If Temporal is down, deliveries wait in Postgres. Once a minute the relay also hands
-over again any pending delivery no lane has attempted for longer than the schedule allows.
+or an email) with a short lease and starts its lane, ``delivery:{lane}``, with the delivery
+(eagerly: the first attempt runs in this worker at once), or signals it to the lane already
+running; the lane delivers its deliveries one at a time in seq order. If Temporal is down,
+deliveries wait in Postgres. Once a minute the relay also hands over again any pending delivery
+no lane has attempted for longer than the schedule allows.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from temporalio.client import Client
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.deliveries import DELIVERIES_CHANNEL
 from core.contracts import MERCHANT_ID, DeliveryRef, LaneInput, delivery_lane_workflow_id
@@ -33,6 +37,7 @@ from workflows.delivery import DeliveryLaneWorkflow
 __all__ = ["DeliveryRelay"]
 
 LEASE_SECONDS = 5
+HAND_OVER_TRIES = 3
 RECONCILE_EVERY_SECONDS = 60.0
 # Beyond the longest retry step, before a delivery nobody attempts counts as orphaned.
 STALE_MARGIN_SECONDS = 600.0
@@ -123,31 +128,57 @@ class DeliveryRelay(NotifiedRelay):
             log.warning("handing over stale deliveries again: %s", reset)
 
     async def _hand_over(self, row: asyncpg.Record) -> bool:
+        ref = DeliveryRef(row["id"], row["seq"], row["cycle"])
+        async with self._signals:
+            try:
+                how = await self._start_or_signal(row, ref)
+            except Exception as error:
+                DELIVERIES_DISPATCHED.labels("failed").inc()
+                log.warning("could not hand %s to its lane: %r", row["id"], error)
+                return False
+        DELIVERIES_DISPATCHED.labels(how).inc()
+        return True
+
+    async def _start_or_signal(self, row: asyncpg.Record, ref: DeliveryRef) -> str:
+        """Start the lane with this delivery, or signal it to the lane already running.
+
+        Most lanes are new (one per payment and endpoint), and a plain start can be eager: the
+        first workflow task runs in this process without a round trip through matching, which
+        signal-with-start cannot do. A lane that finishes between the two calls is started anew.
+        """
         settings = self._settings
+        workflow_id = delivery_lane_workflow_id(row["lane"])
         lane = LaneInput(
             lane=row["lane"],
             retry_schedule_seconds=list(settings.delivery_retry_schedule),
             jitter=settings.delivery_jitter,
             attempt_timeout_seconds=settings.delivery_timeout_seconds,
+            pending=[ref],
         )
-        async with self._signals:
+        for _ in range(HAND_OVER_TRIES):
             try:
                 await self._client.start_workflow(
                     DeliveryLaneWorkflow.run,
                     lane,
-                    id=delivery_lane_workflow_id(row["lane"]),
+                    id=workflow_id,
                     task_queue=settings.delivery_task_queue,
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                    start_signal="deliver",
-                    start_signal_args=[DeliveryRef(row["id"], row["seq"], row["cycle"])],
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                     search_attributes=TypedSearchAttributes(
                         [SearchAttributePair(MERCHANT_ID, row["merchant_id"])]
                     ),
                     static_summary=f"{row['channel']} deliveries · {row['lane']}",
+                    request_eager_start=True,
                 )
-            except Exception as error:
-                DELIVERIES_DISPATCHED.labels("failed").inc()
-                log.warning("could not hand %s to its lane: %r", row["id"], error)
-                return False
-        DELIVERIES_DISPATCHED.labels("handed_over").inc()
-        return True
+            except WorkflowAlreadyStartedError:
+                try:
+                    await self._client.get_workflow_handle(workflow_id).signal(
+                        DeliveryLaneWorkflow.deliver, ref
+                    )
+                except RPCError as error:
+                    if error.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                    continue  # the lane finished meanwhile: start it again
+                return "signalled"
+            return "started"
+        raise ConnectionError(f"lane {workflow_id} kept finishing while {ref.delivery_id} waited")
