@@ -557,7 +557,7 @@ def _throughput_section(
         f"{median(burst.values('ok', p99)):,.0f} ms at 200s, "
         f"{median(burst.values('flaky', p99)):,.0f} ms at 20 % failing.",
         f"Where the first-attempt latency at {rate} (200s) goes, medians of p50: event→lane "
-        "workflow scheduling the attempt (relay claim, signal-with-start, workflow task) "
+        "workflow scheduling the attempt (relay claim, eager start or signal, workflow task) "
         f"{median(steady.values('ok', lambda r: r.to_lane.p50_ms)):,.0f} ms; the rest "
         "(local activity start, loading the delivery, lane-order check, signing) is the "
         "remainder of the p50 above.",

@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from playwright.async_api import Page
 from redis.asyncio import Redis
 
 from cli.devstack import free_port
@@ -99,6 +100,26 @@ async def test_sync_returns_a_consistent_snapshot_and_pages(
     ).status_code == 401
 
 
+async def signed_in_page(
+    exits: contextlib.AsyncExitStack, chromium: str, stack: Stack, merchant: str
+) -> tuple[Page, list[str]]:
+    """A headless Chromium page showing ``merchant``'s dashboard, signed in and live; also the
+    page errors it reports."""
+    from playwright.async_api import async_playwright
+
+    playwright = await exits.enter_async_context(async_playwright())
+    browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    exits.push_async_callback(browser.close)
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{stack.api_url}/dashboard?merchant={merchant}")
+    await page.fill("#api-key", stack.api_settings.admin_api_key.get_secret_value())
+    await page.click("button[type=submit]")
+    await page.wait_for_function("() => window.switchboard.connState() === 'live'", timeout=15_000)
+    return page, errors
+
+
 @pytest.fixture
 def chromium() -> str:
     if not os.path.exists(CHROMIUM):
@@ -113,7 +134,6 @@ async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_me
 ) -> None:
     """In headless Chromium: live events appear, a gateway restart loses none (the page resumes
     from its last seq), and another merchant's events never show."""
-    from playwright.async_api import async_playwright
 
     merchant, other = await _merchant(gw_pool), await _merchant(gw_pool)
     await append_events(gw_pool, gw_redis, merchant, 5)  # history the page loads through sync
@@ -121,18 +141,7 @@ async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_me
         gateway: Gateway = await exits.enter_async_context(
             running_gateway(stack.gateway_settings, gw_pool, stack.gateway_port)
         )
-        playwright = await exits.enter_async_context(async_playwright())
-        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        exits.push_async_callback(browser.close)
-        page = await browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await page.goto(f"{stack.api_url}/dashboard?merchant={merchant}")
-        await page.fill("#api-key", stack.api_settings.admin_api_key.get_secret_value())
-        await page.click("button[type=submit]")
-        await page.wait_for_function(
-            "() => window.switchboard.connState() === 'live'", timeout=15_000
-        )
+        page, errors = await signed_in_page(exits, chromium, stack, merchant)
         assert await page.evaluate("window.switchboard.seqs()") == [1, 2, 3, 4, 5]
 
         await append_events(gw_pool, gw_redis, merchant, 40)
@@ -170,7 +179,6 @@ async def test_the_page_reloads_through_sync_when_too_far_behind_to_resume(
 ) -> None:
     """In headless Chromium: back after missing more events than the gateway replays, the page
     is closed with 3010, reloads its state through sync, and goes live from its head_seq."""
-    from playwright.async_api import async_playwright
 
     settings = stack.gateway_settings.model_copy(update={"gateway_max_replay_events": 20})
     merchant = await _merchant(gw_pool)
@@ -179,18 +187,7 @@ async def test_the_page_reloads_through_sync_when_too_far_behind_to_resume(
         gateway: Gateway = await exits.enter_async_context(
             running_gateway(settings, gw_pool, stack.gateway_port)
         )
-        playwright = await exits.enter_async_context(async_playwright())
-        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        exits.push_async_callback(browser.close)
-        page = await browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await page.goto(f"{stack.api_url}/dashboard?merchant={merchant}")
-        await page.fill("#api-key", stack.api_settings.admin_api_key.get_secret_value())
-        await page.click("button[type=submit]")
-        await page.wait_for_function(
-            "() => window.switchboard.connState() === 'live'", timeout=15_000
-        )
+        page, errors = await signed_in_page(exits, chromium, stack, merchant)
         assert await page.evaluate("window.switchboard.syncs()") == 1
 
         await gateway.stop()
