@@ -70,7 +70,8 @@ Config = Annotated[Settings, Depends(_settings)]
 
 @router.get("/webhooks/{event_id}", dependencies=[Read], response_model=WebhookTrace)
 async def trace_webhook(event_id: str, pool: Pool, settings: Config) -> WebhookTrace:
-    """Follow one webhook: received → recorded → workflow started → applied → published."""
+    """Follow one webhook: received → recorded → workflow started → applied → published →
+    each delivery (webhooks to endpoints, emails) with its outcome."""
     hook = await pool.fetchrow("SELECT * FROM webhooks WHERE event_id = $1", event_id)
     if hook is None:
         raise OperatorError(404, f"no webhook {event_id!r}")
@@ -93,6 +94,20 @@ async def trace_webhook(event_id: str, pool: Pool, settings: Config) -> WebhookT
         steps.append(TraceStep(step="waiting", at=hook["recorded_at"], detail=hook["detail"]))
     if hook["published_at"]:
         steps.append(TraceStep(step="published", at=hook["published_at"]))
+    for delivery in await pool.fetch(
+        "SELECT id, endpoint_id, template, recipient, status, attempts, finished_at, created_at,"
+        " last_error FROM deliveries WHERE event_id = $1 ORDER BY created_at, id",
+        event_id,
+    ):
+        target = delivery["endpoint_id"] or f"{delivery['template']} to {delivery['recipient']}"
+        steps.append(
+            TraceStep(
+                step=f"delivery {delivery['status']}: {target}",
+                at=delivery["finished_at"] or delivery["created_at"],
+                detail=f"{delivery['id']}, {delivery['attempts']} attempt(s)"
+                + (f", {delivery['last_error']}" if delivery["last_error"] else ""),
+            )
+        )
     steps.sort(key=lambda s: s.at)
     event = await pool.fetchrow(
         "SELECT merchant_id, seq, type, data, created_at FROM events WHERE event_id = $1", event_id

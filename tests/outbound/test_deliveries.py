@@ -112,6 +112,10 @@ async def test_retries_keep_the_webhook_id_and_sign_each_attempt_afresh(
     assert health["deliveries"] == {"succeeded": 1}
     (listed,) = (await http.get(f"/v1/events/{event_id}/deliveries", headers=ADMIN)).json()
     assert listed["id"] == delivery["id"] and len(listed["attempt_log"]) == 4
+    trace = (await http.get(f"/v1/webhooks/{event_id}", headers=ADMIN)).json()
+    (step,) = [s for s in trace["steps"] if s["step"].startswith("delivery ")]
+    assert step["step"] == f"delivery succeeded: {endpoint['id']}"
+    assert step["detail"] == f"{delivery['id']}, 4 attempt(s)"
 
 
 async def test_gone_disables_the_endpoint(
