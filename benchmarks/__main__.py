@@ -1,10 +1,11 @@
 """``python -m benchmarks`` (``./run bench``): run every measurement, print and save the table.
 
 ``--quick`` is a smoke run of about a minute (less on an idle machine); the default full run
-takes about 17 minutes (outbound deliveries about 4 of them).
+takes about 18 minutes (outbound deliveries about 4 of them, the live feed about 1).
 ``--temporal memory`` runs Temporal without its SQLite file, ``both`` reports both setups.
 
-Order matters: the pipeline is measured first, on an empty inbox, then the outbound
+Order matters: the pipeline is measured first, on an empty inbox, then the live feed through the
+gateway (:mod:`benchmarks.live`, same inbox state), then the outbound
 deliveries (which restart the worker; see :mod:`benchmarks.deliveries`); the load-generator check
 touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
 the worker drains, and that backlog is what "worker draining" means for them.
@@ -27,6 +28,7 @@ from benchmarks.deliveries import measure_deliveries
 from benchmarks.fanout import fanout_stores, measure_fanout
 from benchmarks.harness import open_harness, progress
 from benchmarks.ingress import measure_ingress, measure_load_generator
+from benchmarks.live import measure_live
 from benchmarks.pipeline import measure_pipeline
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import Section, render
@@ -76,10 +78,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["all", "fanout", "deliveries"],
+        choices=["all", "fanout", "deliveries", "live"],
         default="all",
         help="`fanout`: only the gateway fan-out benchmark (embedded Postgres and Redis only);"
-        " `deliveries`: only the outbound delivery benchmark",
+        " `deliveries`: only the outbound delivery benchmark; `live`: only webhook→WebSocket"
+        " client latency through the whole stack and the gateway",
     )
     return parser.parse_args(argv)
 
@@ -88,8 +91,12 @@ def _run(plan: Plan, temporal_in_memory: bool, only: str = "all") -> str:
     """Start a stack, measure everything on it, stop it; returns the report."""
     started = time.monotonic()
     load_before = os.getloadavg()
-    stack = BenchStack(temporal_in_memory=temporal_in_memory)
-    with progress("starting Postgres, Redis, Temporal, api, worker, bare app"):
+    gateway = only in ("all", "live")
+    stack = BenchStack(temporal_in_memory=temporal_in_memory, gateway=gateway)
+    with progress(
+        "starting Postgres, Redis, Temporal, api, worker, bare app"
+        + (", gateway" if gateway else "")
+    ):
         stack.start()
     try:
         sections, cpu = uvloop.run(_measure(stack, plan, only))
@@ -97,7 +104,8 @@ def _run(plan: Plan, temporal_in_memory: bool, only: str = "all") -> str:
         with progress("stopping"):
             stack.stop()
     elapsed = time.monotonic() - started
-    notes = _header_notes(plan, temporal_in_memory, cpu, load_before, elapsed)
+    repeats = plan.live_repeats if only == "live" else plan.repeats
+    notes = _header_notes(plan, repeats, temporal_in_memory, cpu, load_before, elapsed)
     setup = "in-memory Temporal" if temporal_in_memory else "Temporal with its SQLite file"
     return render(f"Switchboard benchmarks — {plan.name} run, {setup}", notes, sections, cpu)
 
@@ -108,14 +116,18 @@ async def _measure(
     if only == "deliveries":
         async with open_harness(stack, plan) as h:
             return await measure_deliveries(h), h.phase_cpu
+    if only == "live":
+        async with open_harness(stack, plan) as h:
+            return [await measure_live(h)], h.phase_cpu
     async with open_harness(stack, plan) as h:
         pipeline = await measure_pipeline(h)
+        live = await measure_live(h)
         deliveries = await measure_deliveries(h)
         load_generator = await measure_load_generator(h)
         ingress = await measure_ingress(h)
     with progress("gateway fan-out against python-socketio"):
         fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
-    return [ingress, pipeline, *deliveries, load_generator, fanout], h.phase_cpu
+    return [ingress, pipeline, live, *deliveries, load_generator, fanout], h.phase_cpu
 
 
 def _run_fanout_only(plan: Plan) -> str:
@@ -136,6 +148,7 @@ def _run_fanout_only(plan: Plan) -> str:
 
 def _header_notes(
     plan: Plan,
+    repeats: int,
     in_memory: bool,
     cpu: dict[str, CpuUse],
     load_before: tuple[float, float, float],
@@ -149,10 +162,12 @@ def _header_notes(
     notes = [
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}, Python "
         f"{platform.python_version()}, {os.cpu_count()} cores; {plan.name} plan, "
-        f"{plan.repeats} runs per figure (medians shown); this run took {elapsed:.0f} s.",
+        f"{repeats} run{'s' if repeats != 1 else ''} per figure (medians shown); this run took "
+        f"{elapsed:.0f} s.",
         f"Embedded Postgres, Redis and Temporal dev server ({temporal}) on free 127.0.0.1 "
         "ports; api (`python -m cli.main api`) and worker (`python worker.py`) as separate "
-        "processes; load from the benchmark process, pre-signed, over keep-alive connections.",
+        "processes (and the gateway, `python -m cli.main gateway`, for the live feed); load from "
+        "the benchmark process, pre-signed, over keep-alive connections.",
         f"Load average (1 min) before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f}.",
     ]
     others = CpuUse.total(list(cpu.values())).percent.get(OTHERS, 0.0)

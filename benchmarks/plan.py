@@ -42,6 +42,10 @@ class Plan:
     delivery_rate: float
     delivery_seconds: float
     delivery_baseline_seconds: float
+    # Webhook to WebSocket client through the gateway (:mod:`benchmarks.live`); its own repeats.
+    live_rate: float
+    live_seconds: float
+    live_repeats: int
 
 
 FULL = Plan(
@@ -64,6 +68,9 @@ FULL = Plan(
     delivery_rate=10,
     delivery_seconds=8,
     delivery_baseline_seconds=4,
+    live_rate=10,
+    live_seconds=20,
+    live_repeats=3,
 )
 
 QUICK = Plan(
@@ -86,4 +93,7 @@ QUICK = Plan(
     delivery_rate=10,
     delivery_seconds=1,
     delivery_baseline_seconds=0.5,
+    live_rate=10,
+    live_seconds=8,
+    live_repeats=1,
 )

@@ -6,7 +6,8 @@ unless ``temporal_in_memory``), applies the migrations, registers a benchmark pa
 the api (``python -m cli.main api``), the worker (``python worker.py``) and the bare baseline
 ingress (``python -m benchmarks.bare_ingress``) as separate processes with ``SWITCHBOARD_*``
 variables pointing at those services, plus the stub merchant that deliveries go to
-(``python -m benchmarks.stub_merchant``). The worker may reach loopback merchants and retries
+(``python -m benchmarks.stub_merchant``) and, with ``gateway=True``, the WebSocket gateway
+(``python -m cli.main gateway``). The worker may reach loopback merchants and retries
 deliveries on a short schedule (:data:`DELIVERY_SETTINGS`); :meth:`BenchStack.restart_worker`
 restarts it with other settings. Every child runs in its own session with cwd in the temp
 dir (so no stray ``.env`` applies) and is stopped, then killed if need be, on exit.
@@ -35,6 +36,7 @@ from types import TracebackType
 from typing import Self
 
 import asyncpg
+import httpx
 import psutil
 
 from api.partners import create_partner
@@ -66,7 +68,7 @@ DELIVERY_SETTINGS = {
 class BenchStack:
     """Services plus api, worker and bare-ingress processes; use as a context manager."""
 
-    def __init__(self, *, temporal_in_memory: bool = False) -> None:
+    def __init__(self, *, temporal_in_memory: bool = False, gateway: bool = False) -> None:
         self.root = Path(tempfile.gettempdir()) / f"switchboard-bench-{uuid.uuid4().hex[:12]}"
         self.postgres = EmbeddedPostgres(self.root / "postgres", free_port(HOST))
         self.redis = EmbeddedRedis(self.root / "redis", free_port(HOST))
@@ -77,6 +79,7 @@ class BenchStack:
             search_attributes=[key.name for key in SEARCH_ATTRIBUTES],
         )
         self.api_port = free_port(HOST)
+        self.gateway_port = free_port(HOST) if gateway else None
         self.bare_port = free_port(HOST)
         self.merchant_ports = {mode: free_port(HOST) for mode in ("ok", "flaky", "hang")}
         self.refusing_port = free_port(HOST)
@@ -115,6 +118,11 @@ class BenchStack:
     @property
     def database_url(self) -> str:
         return self.postgres.url
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's WebSocket URL (only with ``gateway=True``)."""
+        return f"ws://{HOST}:{self.gateway_port}/ws"
 
     @property
     def api_url(self) -> str:
@@ -199,8 +207,13 @@ class BenchStack:
         self._spawn("worker", [sys.executable, str(REPO / "worker.py")], env)
         ready = [("bare", self.bare_port), ("api", self.api_port)]
         ready += [("merchant", port) for port in self.merchant_ports.values()]
+        if self.gateway_port is not None:
+            self._spawn("gateway", [sys.executable, "-m", "cli.main", "gateway"], env)
+            ready.append(("gateway", self.gateway_port))
         for name, port in ready:
             self._wait_for_port(name, port)
+        if self.gateway_port is not None:
+            self._wait_for_gateway()
 
     def _start_services(self) -> None:
         """Start Postgres (then migrate it), Redis and Temporal side by side."""
@@ -243,7 +256,8 @@ class BenchStack:
             "PUBLIC_BASE_URL": self.api_url,
             "WORKER_METRICS_PORT": str(free_port(HOST)),
             "WORKER_SDK_METRICS_PORT": str(free_port(HOST)),
-            "GATEWAY_PORT": str(free_port(HOST)),
+            "GATEWAY_HOST": HOST,
+            "GATEWAY_PORT": str(self.gateway_port or free_port(HOST)),
             **DELIVERY_SETTINGS,
         }
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
@@ -274,6 +288,20 @@ class BenchStack:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"{name} did not listen on {port} in time:\n{self.log_tail(name)}")
+
+    def _wait_for_gateway(self) -> None:
+        """Wait until the gateway's ``/healthz`` says it is subscribed to Redis."""
+        url = f"http://{HOST}:{self.gateway_port}/healthz"
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if httpx.get(url, timeout=1.0).json().get("redis") is True:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the gateway did not reach Redis in time:\n{self.log_tail('gateway')}")
 
 
 async def _register_partner(database_url: str, partner_id: str, secret: str) -> None:
