@@ -4,6 +4,7 @@ logs and replays (clients of the operator API), and the development mail sink's 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,7 +26,7 @@ deliveries_app = typer.Typer(
 mail_app = typer.Typer(help="Emails caught by the development SMTP sink.", no_args_is_help=True)
 
 
-def maildir(settings: Settings) -> Any:
+def maildir(settings: Settings) -> Path:
     """Where ``switchboard dev``'s SMTP sink keeps what it catches."""
     return settings.data_dir / "mail"
 

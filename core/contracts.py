@@ -220,11 +220,11 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class AttemptInput:
-    """Attempt one delivery now; ``scheduled_at`` is when the schedule meant it to run."""
+    """Attempt one delivery now; ``final`` if no retry follows a failure, ``scheduled_at`` when
+    the schedule meant it to run. (The attempt log numbers attempts itself.)"""
 
     delivery_id: str
     cycle: int
-    attempt: int
     final: bool
     scheduled_at: str
 

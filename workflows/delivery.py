@@ -107,7 +107,7 @@ class DeliveryLaneWorkflow:
         schedule = lane.retry_schedule_seconds
         attempt = ref.attempt
         while True:
-            result = await self._attempt(lane, ref, attempt, final=attempt + 1 >= len(schedule))
+            result = await self._attempt(lane, ref, final=attempt + 1 >= len(schedule))
             if result.verdict == Verdict.HELD:
                 # Paused endpoint: the relay hands it over again once the endpoint resumes.
                 self._handed_over.discard((ref.delivery_id, ref.cycle))
@@ -134,16 +134,13 @@ class DeliveryLaneWorkflow:
             if delay > 0:
                 await workflow.sleep(timedelta(seconds=delay), summary=summary)
 
-    async def _attempt(
-        self, lane: LaneInput, ref: DeliveryRef, attempt: int, *, final: bool
-    ) -> AttemptResult:
+    async def _attempt(self, lane: LaneInput, ref: DeliveryRef, *, final: bool) -> AttemptResult:
         try:
             return await workflow.execute_local_activity_method(
                 DeliveryActivities.attempt_delivery,
                 AttemptInput(
                     delivery_id=ref.delivery_id,
                     cycle=ref.cycle,
-                    attempt=attempt,
                     final=final,
                     scheduled_at=workflow.now().isoformat(),
                 ),

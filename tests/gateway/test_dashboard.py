@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Page
+from playwright.async_api import Page, async_playwright
 from redis.asyncio import Redis
 
 from cli.devstack import free_port
@@ -105,8 +105,6 @@ async def signed_in_page(
 ) -> tuple[Page, list[str]]:
     """A headless Chromium page showing ``merchant``'s dashboard, signed in and live; also the
     page errors it reports."""
-    from playwright.async_api import async_playwright
-
     playwright = await exits.enter_async_context(async_playwright())
     browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
     exits.push_async_callback(browser.close)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.outbound.stub import Answer, StubMerchant
+from tests.outbound.support import deliveries_of, wait_delivery_status
 from tests.support import Partner, wait_for
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -48,24 +49,6 @@ async def add_endpoint(
     endpoint: dict[str, Any] = response.json()
     stub.secrets[path] = [endpoint["secret"]]
     return endpoint
-
-
-async def deliveries_of(pool: asyncpg.Pool, event_id: str) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT * FROM deliveries WHERE event_id = $1 ORDER BY id", event_id
-    )
-    return rows
-
-
-async def wait_delivery_status(
-    pool: asyncpg.Pool, event_id: str, status: str, *, timeout: float = 30.0
-) -> asyncpg.Record:
-    async def probe() -> asyncpg.Record | None:
-        rows = await deliveries_of(pool, event_id)
-        webhooks = [row for row in rows if row["channel"] == "webhook"]
-        return webhooks[0] if webhooks and webhooks[0]["status"] == status else None
-
-    return await wait_for(probe, timeout=timeout, what=f"{event_id}'s delivery to be {status}")
 
 
 async def pay(partner: Partner, merchant: str, payment_id: str = "pay_1", **extra: Any) -> str:

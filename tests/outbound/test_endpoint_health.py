@@ -16,6 +16,7 @@ from temporalio.client import Client
 from cli.mailsink import CaughtMail, MailSink
 from core.settings import Settings
 from tests.outbound.stub import Answer, StubMerchant
+from tests.outbound.support import wait_delivery_status
 from tests.support import (
     Partner,
     add_partner,
@@ -79,12 +80,7 @@ async def test_circuit_opens_then_one_probe_closes_it(
             amount=1,
             currency="EUR",
         )
-        await wait_for(
-            lambda: pool.fetchval(
-                "SELECT status = 'succeeded' FROM deliveries WHERE event_id = $1", event_id
-            ),
-            what="the delivery to succeed after the breaker's probe",
-        )
+        await wait_delivery_status(pool, event_id, "succeeded")
         received = stub.at("/breaker")
         assert len(received) == 4
         # The fourth request is the probe, sent once the circuit's open period ran out
@@ -126,14 +122,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
             amount=1,
             currency="EUR",
         )
-        await wait_for(
-            lambda: pool.fetchval(
-                "SELECT status = 'dead_lettered' FROM deliveries WHERE event_id = $1"
-                " AND channel = 'webhook'",
-                event_id,
-            ),
-            what="the delivery to be dead-lettered",
-        )
+        await wait_delivery_status(pool, event_id, "dead_lettered")
         health = (await http.get(f"/v1/endpoints/{endpoint_id}", headers=ADMIN)).json()
         assert health["status"] == "disabled"
         assert health["status_reason"].startswith("failing without a success since")
@@ -167,14 +156,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
             headers=ADMIN,
         )
         assert replay.json()["replayed"] == 1
-        await wait_for(
-            lambda: pool.fetchval(
-                "SELECT status = 'succeeded' FROM deliveries WHERE event_id = $1"
-                " AND channel = 'webhook'",
-                event_id,
-            ),
-            what="the replayed delivery to succeed",
-        )
+        await wait_delivery_status(pool, event_id, "succeeded")
 
 
 async def _mail_to(sink: MailSink, recipient: str) -> CaughtMail | None:
