@@ -47,10 +47,18 @@ import httpx
 from benchmarks.report import Row, Section, Target, _number, _series, _table, _times
 from benchmarks.stack import HOST, REPO
 from benchmarks.stats import median, percentile, ratio
-from cli.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 from core.contracts import merchant_channel
 from core.dashboard_tokens import issue_dashboard_token
 from core.db import migrate
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
+from devstack.processes import (
+    ChildProcess,
+    ServiceError,
+    SwitchboardProcess,
+    standalone_settings,
+)
+from devstack.redis import EmbeddedRedis
 
 __all__ = ["FanoutPlan", "fanout_stores", "measure_fanout"]
 
@@ -240,54 +248,53 @@ class Server:
         self.port = free_port(HOST)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
         if kind == "switchboard":
-            env |= {
-                "SWITCHBOARD_DATABASE_URL": postgres_url,
-                "SWITCHBOARD_REDIS_URL": redis_url,
-                "SWITCHBOARD_GATEWAY_HOST": HOST,
-                "SWITCHBOARD_GATEWAY_PORT": str(self.port),
-                "SWITCHBOARD_DASHBOARD_TOKEN_SECRET": SECRET,
-                "SWITCHBOARD_GATEWAY_CONNECT_RATE_PER_SOURCE": "5000",
-                "SWITCHBOARD_GATEWAY_CONNECT_RATE_GLOBAL": "5000",
-                "SWITCHBOARD_GATEWAY_MAX_CONNECTIONS_PER_MERCHANT": "1000",
-                "SWITCHBOARD_GATEWAY_POSITION_CHECK_SECONDS": "3600",
+            settings = standalone_settings(
+                database_url=postgres_url,
+                redis_url=redis_url,
+                gateway_host=HOST,
+                gateway_port=self.port,
+                dashboard_token_secret=SECRET,
+                gateway_connect_rate_per_source=5000,
+                gateway_connect_rate_global=5000,
+                gateway_max_connections_per_merchant=1000,
+                gateway_position_check_seconds=3600,
                 # At saturation the clients may briefly lag; the baselines drop no one, so
                 # neither do we here (the slow-consumer bound has its own test).
-                "SWITCHBOARD_GATEWAY_CLIENT_BUFFER_BYTES": str(256 * 1024 * 1024),
-                "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            }
-            argv = [sys.executable, "-m", "gateway"]
+                gateway_client_buffer_bytes=256 * 1024 * 1024,
+                log_level="WARNING",
+            )
+            python_args: list[str] = []
             if profile_dir := os.environ.get(PROFILE_ENV):
                 # cProfile writes its stats when the gateway exits on SIGTERM.
                 out = Path(profile_dir) / f"gateway-{self.port}.prof"
-                argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "gateway"]
+                python_args = ["-m", "cProfile", "-o", str(out)]
+            self.process: ChildProcess = SwitchboardProcess(
+                "gateway", settings, None, cwd=REPO, python_args=python_args
+            )
         elif kind == "socketio":
             argv = [sys.executable, "-m", "benchmarks.socketio_server", str(self.port), redis_url]
+            self.process = ChildProcess(kind, argv, env=env, log_path=None, cwd=REPO)
         else:
             argv = ["node", str(NODE_DIR / "server.js"), str(self.port), redis_url]
-        self.process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+            self.process = ChildProcess(kind, argv, env=env, log_path=None, cwd=REPO)
+        self.process.start()
 
     async def wait_ready(self) -> None:
-        path = {
-            "switchboard": "/healthz",
-            "socketio": "/socket.io/?EIO=4&transport=polling",
-            "node": "/healthz",
-        }[self.kind]
+        if self.kind == "switchboard":
+            try:
+                await self.process.wait_ready_async(timeout=20)
+            except ServiceError as error:
+                raise RuntimeError(f"{self.kind} server did not start: {error}") from None
+            return
+        path = {"socketio": "/socket.io/?EIO=4&transport=polling", "node": "/healthz"}[self.kind]
         async with httpx.AsyncClient() as http:
             for _ in range(400):
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.kind} server exited with {self.process.returncode}")
+                if (code := self.process.poll()) is not None:
+                    raise RuntimeError(f"{self.kind} server exited with {code}")
                 try:
-                    response = await http.get(f"http://{HOST}:{self.port}{path}", timeout=1)
-                    if self.kind != "switchboard" or response.json().get("redis"):
-                        return
-                except (httpx.HTTPError, ValueError):
+                    await http.get(f"http://{HOST}:{self.port}{path}", timeout=1)
+                    return
+                except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"{self.kind} server did not start")
@@ -301,13 +308,7 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.stop(5)
 
 
 class ClientProcess:

@@ -10,7 +10,8 @@ variables pointing at those services, plus the stub merchant that deliveries go 
 (``python -m cli.main gateway``). The worker may reach loopback merchants and retries
 deliveries on a short schedule (:data:`DELIVERY_SETTINGS`); :meth:`BenchStack.restart_worker`
 restarts it with other settings. Every child runs in its own session with cwd in the temp
-dir (so no stray ``.env`` applies) and is stopped, then killed if need be, on exit.
+dir (so no stray ``.env`` applies) and is stopped, then killed if need be, on exit
+(:mod:`devstack.processes` spawns, probes and stops them).
 
 :class:`CpuMeter` reads the CPU time of each of those processes (and their children) so a phase
 can say which process used how much of the machine's cores.
@@ -19,11 +20,11 @@ can say which process used how much of the machine's cores.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,14 +37,25 @@ from types import TracebackType
 from typing import Self
 
 import asyncpg
-import httpx
 import psutil
 
 from api.partners import create_partner
-from cli.devstack import EmbeddedPostgres, EmbeddedRedis, TemporalDevServer, free_port
 from core.contracts import SEARCH_ATTRIBUTES
 from core.db import migrate
+from core.settings import Settings
 from core.signing import generate_secret
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
+from devstack.processes import (
+    ChildProcess,
+    ServiceError,
+    SwitchboardProcess,
+    process_env,
+    standalone_settings,
+    stop_all,
+)
+from devstack.redis import EmbeddedRedis
+from devstack.temporal import TemporalDevServer
 
 __all__ = ["DELIVERY_SETTINGS", "HOST", "OTHERS", "REPO", "BenchStack", "CpuMeter", "CpuUse"]
 
@@ -56,7 +68,6 @@ STOP_TIMEOUT = 1.0
 """Seconds a process gets to exit on SIGTERM before SIGKILL (its results are already in)."""
 WORKER_RESTART_TIMEOUT = 15.0
 """Seconds a restarted worker gets to shut down gracefully (it allows itself 10)."""
-WORKER_READY = b"worker ready on task queues"
 DELIVERY_SETTINGS = {
     "DELIVERY_ALLOW_NETWORKS": f"{HOST}/32",
     # Attempts 1 s apart instead of 5 s, 5 min, 30 min…, so failed deliveries finish in a run.
@@ -87,9 +98,9 @@ class BenchStack:
         self.partner_id = PARTNER_ID
         self.partner_secret = generate_secret()
         self.task_queue = "switchboard-webhooks"
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, ChildProcess] = {}
         self._exit = ExitStack()
-        self._env: dict[str, str] = {}
+        self._settings = standalone_settings()
 
     def start(self) -> None:
         """Start everything; on failure, stop whatever had started and re-raise."""
@@ -139,24 +150,14 @@ class BenchStack:
         than a vanished poller; the call returns once the new one says it is ready. Its pid
         changes: build a new :class:`CpuMeter` afterwards.
         """
-        worker = self.processes.pop("worker")
-        _stop_all({"worker": worker}, timeout=WORKER_RESTART_TIMEOUT)
-        log = self.root / "logs" / "worker.log"
-        readies = log.read_bytes().count(WORKER_READY)
-        env = self._env | {f"SWITCHBOARD_{key}": value for key, value in settings.items()}
-        self._spawn("worker", [sys.executable, str(REPO / "worker.py")], env)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while log.read_bytes().count(WORKER_READY) <= readies:
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the worker did not restart in time:\n{self.log_tail('worker')}"
-                )
-            time.sleep(0.1)
+        self.processes.pop("worker").stop(WORKER_RESTART_TIMEOUT)
+        extra = {f"SWITCHBOARD_{key}": value for key, value in settings.items()}
+        worker = self._spawn_switchboard("worker", extra)
+        self._wait_ready(worker)
 
     def pids(self) -> dict[str, int]:
         """Process ids worth accounting CPU for, by role (this process is ``bench``)."""
-        found = {name: proc.pid for name, proc in self.processes.items()}
+        found = {name: proc.pid for name, proc in self.processes.items() if proc.pid is not None}
         for name, service in (
             ("postgres", self.postgres),
             ("redis", self.redis),
@@ -177,8 +178,8 @@ class BenchStack:
     def check_alive(self) -> None:
         """Raise if the api, worker or bare ingress has exited."""
         for name, proc in self.processes.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+            if (code := proc.poll()) is not None:
+                raise RuntimeError(f"{name} exited with {code}:\n{self.log_tail(name)}")
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -188,32 +189,27 @@ class BenchStack:
         self._exit.callback(self._remove_temporal_log)
         # Exit runs in reverse: the processes stop first, then the services go.
         self._exit.callback(self._kill_services)
-        self._exit.callback(_stop_all, self.processes)
-        env = self._env = self._switchboard_env()
+        self._exit.callback(lambda: stop_all(self.processes.values(), STOP_TIMEOUT))
+        self._settings = self._switchboard_settings()
+        env = process_env(self._settings, {"PYTHONPATH": str(REPO)})
         # The bare app needs no service: let it import while the services start.
         self._spawn(
             "bare",
             [sys.executable, "-m", "benchmarks.bare_ingress", "--port", str(self.bare_port)],
-            {**env, "PYTHONPATH": str(REPO), BARE_SECRET_ENV: self.partner_secret},
+            {**env, BARE_SECRET_ENV: self.partner_secret},
         )
         ports = [f"--{mode}-port={port}" for mode, port in self.merchant_ports.items()]
-        self._spawn(
-            "merchant",
-            [sys.executable, "-m", "benchmarks.stub_merchant", *ports],
-            {**env, "PYTHONPATH": str(REPO)},
-        )
+        self._spawn("merchant", [sys.executable, "-m", "benchmarks.stub_merchant", *ports], env)
         self._start_services()
-        self._spawn("api", [sys.executable, "-m", "cli.main", "api"], env)
-        self._spawn("worker", [sys.executable, str(REPO / "worker.py")], env)
-        ready = [("bare", self.bare_port), ("api", self.api_port)]
-        ready += [("merchant", port) for port in self.merchant_ports.values()]
+        started = [self._spawn_switchboard("api"), self._spawn_switchboard("worker")]
         if self.gateway_port is not None:
-            self._spawn("gateway", [sys.executable, "-m", "cli.main", "gateway"], env)
-            ready.append(("gateway", self.gateway_port))
-        for name, port in ready:
+            started.append(self._spawn_switchboard("gateway"))
+        for name, port in [("bare", self.bare_port)] + [
+            ("merchant", port) for port in self.merchant_ports.values()
+        ]:
             self._wait_for_port(name, port)
-        if self.gateway_port is not None:
-            self._wait_for_gateway()
+        for process in started:
+            self._wait_ready(process)
 
     def _start_services(self) -> None:
         """Start Postgres (then migrate it), Redis and Temporal side by side."""
@@ -243,40 +239,46 @@ class BenchStack:
         if self.temporal.data_dir is None and log is not None:
             log.unlink(missing_ok=True)
 
-    def _switchboard_env(self) -> dict[str, str]:
-        settings = {
-            "ENVIRONMENT": "development",
-            "DATA_DIR": str(self.root),
-            "DATABASE_URL": self.database_url,
-            "REDIS_URL": self.redis.url,
-            "TEMPORAL_ADDRESS": self.temporal.address,
-            "TASK_QUEUE": self.task_queue,
-            "API_HOST": HOST,
-            "API_PORT": str(self.api_port),
-            "PUBLIC_BASE_URL": self.api_url,
-            "WORKER_METRICS_PORT": str(free_port(HOST)),
-            "WORKER_SDK_METRICS_PORT": str(free_port(HOST)),
-            "GATEWAY_HOST": HOST,
-            "GATEWAY_PORT": str(self.gateway_port or free_port(HOST)),
-            **DELIVERY_SETTINGS,
-        }
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-        return inherited | {f"SWITCHBOARD_{key}": value for key, value in settings.items()}
+    def _switchboard_settings(self) -> Settings:
+        return standalone_settings(
+            environment="development",
+            data_dir=self.root,
+            database_url=self.database_url,
+            redis_url=self.redis.url,
+            temporal_address=self.temporal.address,
+            task_queue=self.task_queue,
+            api_host=HOST,
+            api_port=self.api_port,
+            public_base_url=self.api_url,
+            worker_metrics_port=free_port(HOST),
+            worker_sdk_metrics_port=free_port(HOST),
+            gateway_host=HOST,
+            gateway_port=self.gateway_port or free_port(HOST),
+            delivery_allow_networks=DELIVERY_SETTINGS["DELIVERY_ALLOW_NETWORKS"],
+            delivery_retry_schedule=json.loads(DELIVERY_SETTINGS["DELIVERY_RETRY_SCHEDULE"]),
+        )
+
+    def _log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        logs = self.root / "logs"
-        logs.mkdir(exist_ok=True)
-        log = self._exit.enter_context((logs / f"{name}.log").open("ab"))
-        proc = subprocess.Popen(
-            argv,
-            cwd=self.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        child = ChildProcess(name, argv, env=env, log_path=self._log(name), cwd=self.root)
+        self.processes[name] = child.start()
+
+    def _spawn_switchboard(
+        self, role: str, extra_env: dict[str, str] | None = None
+    ) -> SwitchboardProcess:
+        process = SwitchboardProcess(
+            role, self._settings, self._log(role), cwd=self.root, extra_env=extra_env or {}
         )
-        self.processes[name] = proc
+        self.processes[role] = process.start()
+        return process
+
+    def _wait_ready(self, process: SwitchboardProcess) -> None:
+        try:
+            process.wait_ready(STARTUP_TIMEOUT)
+        except ServiceError as error:
+            raise RuntimeError(f"{process.name} did not start: {error}") from None
 
     def _wait_for_port(self, name: str, port: int) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -289,20 +291,6 @@ class BenchStack:
                 time.sleep(0.1)
         raise RuntimeError(f"{name} did not listen on {port} in time:\n{self.log_tail(name)}")
 
-    def _wait_for_gateway(self) -> None:
-        """Wait until the gateway's ``/healthz`` says it is subscribed to Redis."""
-        url = f"http://{HOST}:{self.gateway_port}/healthz"
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                if httpx.get(url, timeout=1.0).json().get("redis") is True:
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the gateway did not reach Redis in time:\n{self.log_tail('gateway')}")
-
 
 async def _register_partner(database_url: str, partner_id: str, secret: str) -> None:
     conn = await asyncpg.connect(database_url)
@@ -313,20 +301,6 @@ async def _register_partner(database_url: str, partner_id: str, secret: str) -> 
         )
     finally:
         await conn.close()
-
-
-def _stop_all(processes: dict[str, subprocess.Popen[bytes]], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM every process at once, then SIGKILL whichever is still up after ``timeout``."""
-    for proc in processes.values():
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + timeout
-    for proc in processes.values():
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- CPU accounting ------------------------------------------------------------------------------

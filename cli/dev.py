@@ -12,27 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
-import httpx
 
 from api.partners import create_partner
-from cli.devstack import EmbeddedPostgres, EmbeddedRedis, ServiceError, TemporalDevServer
-from cli.mailsink import MailSink
 from cli.outbound import maildir
 from core.contracts import SEARCH_ATTRIBUTES
 from core.db import migrate
 from core.settings import Settings
+from devstack.mailsink import MailSink
+from devstack.postgres import EmbeddedPostgres
+from devstack.processes import ServiceError, SwitchboardProcess, stop_all
+from devstack.redis import EmbeddedRedis
+from devstack.temporal import TemporalDevServer
 
 __all__ = ["DEMO_MERCHANT", "DEMO_PARTNER", "DevState", "load_dev_state", "run_dev"]
 
@@ -94,26 +92,31 @@ def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
         except (ServiceError, OSError) as error:
             say(f"[red]{error}[/red]")
             return 1
-        env = {
-            **os.environ,
-            "SWITCHBOARD_DATABASE_URL": postgres.url,
-            "SWITCHBOARD_REDIS_URL": redis.url,
-            "SWITCHBOARD_TEMPORAL_ADDRESS": temporal.address,
-            "SWITCHBOARD_TEMPORAL_UI_URL": temporal.ui_url or settings.temporal_ui_url,
-            "SWITCHBOARD_SMTP_HOST": mail.host,
-            "SWITCHBOARD_SMTP_PORT": str(mail.port),
-            # Development only: let merchant endpoints on this machine receive deliveries.
-            "SWITCHBOARD_DELIVERY_ALLOW_NETWORKS": settings.delivery_allow_networks
-            or "127.0.0.0/8,::1/128",
-        }
+        children = settings.model_copy(
+            update={
+                "database_url": postgres.url,
+                "redis_url": redis.url,
+                "temporal_address": temporal.address,
+                "temporal_ui_url": temporal.ui_url or settings.temporal_ui_url,
+                "smtp_host": mail.host,
+                "smtp_port": mail.port,
+                # Development only: let merchant endpoints on this machine receive deliveries.
+                "delivery_allow_networks": settings.delivery_allow_networks
+                or "127.0.0.0/8,::1/128",
+            }
+        )
         say("Applying migrations ...")
         migrate(postgres.url)
         state = asyncio.run(_ensure_demo_tenants(settings, postgres.url))
         (data_dir / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
         processes = {
-            name: _spawn(stack, name, env, data_dir) for name in ("api", "worker", "gateway")
+            name: SwitchboardProcess(name, children, data_dir / "logs" / f"{name}.log")
+            for name in ("api", "worker", "gateway")
         }
-        if not _wait_for_api(settings.public_base_url, processes["api"], timeout=60):
+        stack.callback(stop_all, processes.values())
+        for process in processes.values():
+            process.start()
+        if not _wait_for_api(processes["api"], timeout=60):
             say("[red]The api did not come up; see .switchboard/logs/api.log[/red]")
             return 1
         say(_banner(settings, postgres.url, redis.url, temporal, state))
@@ -121,8 +124,8 @@ def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
         exit_code = 0
         while not stop_requested:
             for name, process in processes.items():
-                if process.poll() is not None:
-                    say(f"[red]{name} exited with {process.returncode}; stopping.[/red]")
+                if (code := process.poll()) is not None:
+                    say(f"[red]{name} exited with {code}; stopping.[/red]")
                     stop_requested, exit_code = True, 1
             time.sleep(0.2)
         say("Stopping ...")
@@ -150,43 +153,12 @@ async def _ensure_demo_tenants(settings: Settings, database_url: str) -> DevStat
     return DevState(settings.public_base_url, DEMO_PARTNER, secret, DEMO_MERCHANT)
 
 
-def _spawn(
-    stack: ExitStack, name: str, env: dict[str, str], data_dir: Path
-) -> subprocess.Popen[bytes]:
-    logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    log_file = stack.enter_context((logs / f"{name}.log").open("ab"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", name],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    stack.callback(_terminate, process)
-    return process
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_api(base_url: str, process: subprocess.Popen[bytes], *, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+def _wait_for_api(process: SwitchboardProcess, *, timeout: float) -> bool:
+    try:
+        process.wait_ready(timeout)
+    except ServiceError:
+        return False
+    return True
 
 
 def _banner(

@@ -98,16 +98,6 @@ def gateway() -> None:
 
 
 @app.command()
-def bench(
-    quick: Annotated[bool, typer.Option(help="A short smoke run (about a minute).")] = False,
-) -> None:
-    """Run the benchmarks (same as ``./run bench``) and print ratios against their baselines."""
-    from benchmarks.__main__ import main as run_benchmarks
-
-    run_benchmarks(["--quick"] if quick else [])
-
-
-@app.command()
 def migrate(as_json: Json = False) -> None:
     """Apply pending database migrations."""
     from core.db import migrate as apply_migrations

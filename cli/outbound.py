@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from cli.client import Json, call, emit, fail
-from cli.mailsink import read_maildir
 from core.settings import Settings
+from devstack.mailsink import read_maildir
 
 __all__ = ["deliveries_app", "endpoints_app", "mail_app", "maildir"]
 

@@ -19,10 +19,13 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from cli.devstack import EmbeddedPostgres, EmbeddedRedis, TemporalDevServer, free_port
-from cli.mailsink import MailSink
 from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings
+from devstack.mailsink import MailSink
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
+from devstack.redis import EmbeddedRedis
+from devstack.temporal import TemporalDevServer
 from tests.support import Partner, add_partner, fresh_database, running_api, running_worker, stores
 
 # Strict priority and one partition make backlog ordering observable in tests.

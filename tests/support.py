@@ -23,10 +23,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from cli.devstack import free_port
 from core.db import connect_pool, migrate
 from core.settings import Settings
 from core.signing import sign_headers
+from devstack.ports import free_port
 from worker import running_workers
 
 T = TypeVar("T")

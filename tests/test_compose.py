@@ -21,9 +21,9 @@ import pytest
 import yaml
 from temporalio.common import SearchAttributeIndexedValueType
 
-from cli.devstack import TemporalDevServer
 from core.contracts import SEARCH_ATTRIBUTES, webhook_workflow_id
 from core.settings import Settings
+from devstack.temporal import TemporalDevServer
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"

@@ -1,10 +1,10 @@
 """``switchboard dev`` as a user runs it: starts everything, takes a webhook, stops on Ctrl-C,
-and keeps its data for the next run."""
+and keeps its data for the next run. Every port it uses is a free one, so a developer's own
+``switchboard dev`` may run beside the tests."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,68 +13,67 @@ from pathlib import Path
 
 import httpx
 
-from cli.devstack import free_port
+from core.settings import Settings
+from devstack.ports import StackPorts
+from devstack.processes import REPO, SwitchboardProcess, process_env, standalone_settings
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def dev_env(data_dir: Path) -> dict[str, str]:
-    api_port = free_port()
-    return {
-        **os.environ,
-        "SWITCHBOARD_DATA_DIR": str(data_dir),
-        "SWITCHBOARD_DATABASE_URL": f"postgresql://switchboard@127.0.0.1:{free_port()}/switchboard",
-        "SWITCHBOARD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "SWITCHBOARD_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
-        "SWITCHBOARD_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
-        "SWITCHBOARD_API_PORT": str(api_port),
-        "SWITCHBOARD_PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
-        "SWITCHBOARD_WORKER_METRICS_PORT": str(free_port()),
-        "SWITCHBOARD_WORKER_SDK_METRICS_PORT": str(free_port()),
-    }
+def dev_settings(data_dir: Path, **values: object) -> Settings:
+    """Settings of a dev stack in ``data_dir`` on a complete set of free ports."""
+    return standalone_settings(data_dir=data_dir, **StackPorts.free().settings(), **values)
 
 
 class DevProcess:
-    """``switchboard dev`` in a subprocess, with its output readable line by line."""
+    """``switchboard dev`` in a subprocess, its output in a log file read line by line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "dev"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings = settings
+        self.env = process_env(settings)
+        self.log = log
+        self._seen = len(self._lines())
+        self.process = SwitchboardProcess("dev", settings, log, cwd=REPO).start()
 
-    def wait_for_line(self, fragment: str, timeout: float = 90) -> None:
-        assert self.process.stdout is not None
+    def _lines(self) -> list[str]:
+        try:
+            return self.log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    @property
+    def output(self) -> str:
+        """What this run printed so far."""
+        return "\n".join(self._lines()[self._seen :])
+
+    def wait_for_line(self, fragment: str, timeout: float = 120) -> str:
+        """The first line of this run's output containing ``fragment``, waited for."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
+            for line in self._lines()[self._seen :]:
+                if fragment in line:
+                    return line
+            if self.process.poll() is not None and fragment not in self.output:
                 break
-            self.lines.append(line)
-            if fragment in line:
-                return
-        raise AssertionError(f"no {fragment!r} in time; output:\n{''.join(self.lines)}")
+            time.sleep(0.1)
+        raise AssertionError(f"no {fragment!r} in time; output:\n{self.output}")
 
-    def interrupt(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.wait_for_line("Stopped.", timeout=60)
-            return self.process.wait(timeout=30)
-        finally:
-            assert self.process.stdout is not None
-            self.process.stdout.close()
+    def wait_ready(self) -> None:
+        self.wait_for_line("Switchboard is ready")
+
+    def interrupt(self, sig: int = signal.SIGINT) -> int:
+        """Send ``sig`` and wait for dev to say it stopped and exit; returns its exit code."""
+        self.process.send_signal(sig)
+        self.wait_for_line("Stopped.", timeout=90)
+        assert self.process.process is not None
+        return self.process.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        self.process.kill()
 
 
 def cli(env: dict[str, str], *args: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-m", "cli.main", *args, "--json"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -86,8 +85,8 @@ def cli(env: dict[str, str], *args: str) -> dict[str, object]:
     return result
 
 
-def wait_processed(env: dict[str, str], event_id: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_processed(env: dict[str, str], event_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         trace = cli(env, "trace", event_id)
         if trace["status"] == "processed" and trace["merchant_event"]:
@@ -98,26 +97,28 @@ def wait_processed(env: dict[str, str], event_id: str) -> None:
 
 def test_dev_runs_the_stack_and_keeps_data_across_restarts(tmp_path: Path) -> None:
     """It prints the URLs and takes a webhook; Ctrl-C stops it; the next run still has the data."""
-    env = dev_env(tmp_path / "data")
-    first = DevProcess(env)
+    settings = dev_settings(tmp_path / "data")
+    first = DevProcess(settings, tmp_path / "dev.log")
     try:
-        first.wait_for_line("Switchboard is ready")
-        banner = "".join(first.lines)
+        first.wait_ready()
+        banner = first.output
         for what in ("Ingress", "Operator API docs", "Temporal Web UI", "Postgres", "Redis"):
             assert what in banner
-        assert httpx.get(env["SWITCHBOARD_TEMPORAL_UI_URL"], timeout=10).status_code == 200
-        sent = cli(env, "send", "payment.succeeded", "--amount", "1250")
+        assert httpx.get(settings.temporal_ui_url, timeout=10).status_code == 200
+        sent = cli(first.env, "send", "payment.succeeded", "--amount", "1250")
         assert sent["status"] == 202
         event_id = str(sent["event_id"])
-        wait_processed(env, event_id)
-    finally:
+        wait_processed(first.env, event_id)
         assert first.interrupt() == 0
-
-    second = DevProcess(env)
-    try:
-        second.wait_for_line("Switchboard is ready")
-        assert cli(env, "trace", event_id)["status"] == "processed"
-        again = cli(env, "send", "refund.succeeded", "--amount", "250")
-        assert again["status"] == 202
     finally:
+        first.kill()
+
+    second = DevProcess(settings, tmp_path / "dev.log")
+    try:
+        second.wait_ready()
+        assert cli(second.env, "trace", event_id)["status"] == "processed"
+        again = cli(second.env, "send", "refund.succeeded", "--amount", "250")
+        assert again["status"] == 202
         assert second.interrupt() == 0
+    finally:
+        second.kill()

@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-from cli.devstack import EmbeddedPostgres, free_port
 from core.db import migrate
 from core.settings import Settings
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
 from tests.faults.workload import (
     Sender,
     Webhook,

@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -24,8 +21,9 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
-from cli.devstack import free_port
 from core.settings import Settings
+from devstack.ports import free_port
+from devstack.processes import SwitchboardProcess, spawn_switchboard, standalone_settings
 from tests.support import Partner, wait_for
 
 __all__ = [
@@ -398,17 +396,12 @@ async def assert_workflows_completed(
     assert others == [], f"workflows not completed: {others[:5]}"
 
 
-def _probe_exited(proc: subprocess.Popen[bytes], log: Path) -> str:
-    tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
-    return f"the worker exited with code {proc.returncode}; last log lines:\n" + "\n".join(tail)
-
-
 class WorkerProcess:
-    """``python worker.py`` as a real child process that a test can SIGKILL and start again.
+    """The worker as a real child process that a test can SIGKILL and start again.
 
     The child gets the stores, the task queue and the relay sweep of ``settings``, plus the
-    ``forward`` settings (field names of :class:`Settings`, lists passed as JSON); every other
-    setting keeps its default.
+    ``forward`` settings (field names of :class:`Settings`); every other setting keeps its
+    default.
     """
 
     def __init__(self, settings: Settings, log_dir: Path, *, forward: Iterable[str] = ()) -> None:
@@ -417,27 +410,21 @@ class WorkerProcess:
         self.forward = tuple(forward)
         self.starts = 0
         self.kills = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: SwitchboardProcess | None = None
         self._log: Path | None = None
 
-    def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-        env.update(
-            SWITCHBOARD_ENVIRONMENT="test",
-            SWITCHBOARD_DATABASE_URL=self.settings.database_url,
-            SWITCHBOARD_REDIS_URL=self.settings.redis_url,
-            SWITCHBOARD_TEMPORAL_ADDRESS=self.settings.temporal_address,
-            SWITCHBOARD_TASK_QUEUE=self.settings.task_queue,
-            SWITCHBOARD_RELAY_SWEEP_SECONDS=str(self.settings.relay_sweep_seconds),
-            SWITCHBOARD_WORKER_METRICS_PORT=str(free_port()),
-            SWITCHBOARD_WORKER_SDK_METRICS_PORT=str(free_port()),
+    def _settings(self) -> Settings:
+        return standalone_settings(
+            environment="test",
+            database_url=self.settings.database_url,
+            redis_url=self.settings.redis_url,
+            temporal_address=self.settings.temporal_address,
+            task_queue=self.settings.task_queue,
+            relay_sweep_seconds=self.settings.relay_sweep_seconds,
+            worker_metrics_port=free_port(),
+            worker_sdk_metrics_port=free_port(),
+            **{name: getattr(self.settings, name) for name in self.forward},
         )
-        for name in self.forward:
-            value = getattr(self.settings, name)
-            env[f"SWITCHBOARD_{name.upper()}"] = (
-                json.dumps(value) if isinstance(value, list) else str(value)
-            )
-        return env
 
     @property
     def log(self) -> Path:
@@ -449,51 +436,27 @@ class WorkerProcess:
         assert self._proc is None, "the worker is already running"
         self.starts += 1
         self._log = self.log_dir / f"worker-{self.starts}.log"
-        with self._log.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "worker.py"],
-                cwd=REPO,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._proc = spawn_switchboard("worker", self._settings(), self._log, cwd=REPO)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the worker logged that it polls its task queue."""
-        proc, log = self._proc, self.log
-        assert proc is not None
-
-        async def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(_probe_exited(proc, log))
-            return b"worker ready on task queue" in log.read_bytes()
-
-        await wait_for(ready, timeout=timeout, interval=0.05, what="the worker to be ready")
+        assert self._proc is not None
+        await self._proc.wait_ready_async(timeout)
 
     async def kill(self) -> None:
         """SIGKILL the worker (no graceful shutdown at all) and reap it."""
         proc = self._proc
-        assert proc is not None and proc.poll() is None, "the worker is not running"
+        assert proc is not None and proc.running, "the worker is not running"
         self._proc = None
-        proc.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(proc.wait, 10)
-        assert proc.returncode == -signal.SIGKILL, proc.returncode
+        code = await asyncio.to_thread(proc.kill)
+        assert code == -signal.SIGKILL, code
         self.kills += 1
 
     async def stop(self) -> None:
         """Stop the worker if it runs: SIGTERM, then SIGKILL if it takes over 20 s."""
-        proc = self._proc
-        self._proc = None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            await asyncio.to_thread(proc.stop, 20)
 
 
 @contextlib.asynccontextmanager

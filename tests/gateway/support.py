@@ -7,31 +7,30 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
-from cli.devstack import free_port
 from core.contracts import merchant_channel
 from core.dashboard_tokens import issue_dashboard_token
 from core.merchant_events import encode_merchant_event
 from core.settings import Settings
+from devstack.ports import free_port
+from devstack.processes import REPO, SwitchboardProcess, spawn_switchboard
 from gateway.server import Gateway
 from tests.support import wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = REPO
 ORIGIN = Origin("http://127.0.0.1:8400")
 
 
@@ -227,58 +226,26 @@ async def recorder(settings: Settings, port: int, merchant: str, **options: Any)
 # -- gateway subprocesses and the balancer --------------------------------------------------
 
 
-def gateway_env(settings: Settings, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        if name in ("admin_api_key", "dashboard_token_secret"):
-            value = getattr(settings, name).get_secret_value()
-        env[f"SWITCHBOARD_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, list) else str(value)
-        )
-    env["SWITCHBOARD_GATEWAY_PORT"] = str(port)
-    env["SWITCHBOARD_LOG_LEVEL"] = "WARNING"
-    return env
-
-
 class GatewayProcess:
-    """``python -m gateway`` as a child process on ``port``."""
+    """The gateway as a child process on ``port`` (its log in a temp file, removed on stop)."""
 
     def __init__(self, settings: Settings, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.settings = settings
-        self.process: subprocess.Popen[bytes] | None = None
+        self.settings = settings.model_copy(
+            update={"gateway_port": self.port, "log_level": "WARNING"}
+        )
+        self.process: SwitchboardProcess | None = None
+        fd, log = tempfile.mkstemp(prefix="switchboard-gateway-", suffix=".log")
+        os.close(fd)
+        self.log = Path(log)
 
     async def start(self) -> GatewayProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway"],
-            env=gateway_env(self.settings, self.port),
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        async with httpx.AsyncClient() as http:
-
-            async def healthy() -> bool:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(
-                        self.process.stderr.read().decode() if self.process.stderr else ""
-                    )
-                try:
-                    response = await http.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
-                except httpx.HTTPError:
-                    return False
-                return response.status_code == 200 and response.json()["redis"]
-
-            await wait_for(healthy, timeout=20, what="the gateway process to be healthy")
+        self.process = spawn_switchboard("gateway", self.settings, self.log, cwd=ROOT)
+        await self.process.wait_ready_async(timeout=20)
         return self
 
     def signal(self, signum: int) -> None:
-        assert self.process is not None
+        assert self.process is not None and self.process.pid is not None
         os.kill(self.process.pid, signum)
 
     async def wait_exit(self, timeout: float = 15) -> int:
@@ -292,11 +259,9 @@ class GatewayProcess:
         return await wait_for(exited, timeout=timeout, what="the gateway to exit") - 1000
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-        if self.process is not None and self.process.stderr is not None:
-            self.process.stderr.close()
+        if self.process is not None:
+            self.process.kill()
+        self.log.unlink(missing_ok=True)
 
 
 class TcpBalancer:

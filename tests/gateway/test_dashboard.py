@@ -16,8 +16,8 @@ import pytest_asyncio
 from playwright.async_api import Page, async_playwright
 from redis.asyncio import Redis
 
-from cli.devstack import free_port
 from core.settings import Settings
+from devstack.ports import free_port
 from gateway.server import Gateway
 from tests.gateway.support import Recorder, append_events, merchant_id, running_gateway, token_for
 from tests.support import running_api

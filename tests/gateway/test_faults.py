@@ -18,8 +18,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cli.devstack import EmbeddedRedis, free_port
 from core.settings import Settings
+from devstack.ports import free_port
+from devstack.redis import EmbeddedRedis
 from gateway.server import CLOSE_TIMEOUT_SECONDS, REDIS_ALERT_KEY
 from tests.gateway.support import (
     ROOT,

@@ -19,9 +19,12 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
-from cli.devstack import EmbeddedPostgres, EmbeddedRedis, TemporalDevServer, free_port
 from core.contracts import SEARCH_ATTRIBUTES, delivery_lane_workflow_id, webhook_workflow_id
 from core.settings import Settings
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
+from devstack.redis import EmbeddedRedis
+from devstack.temporal import TemporalDevServer
 from tests.outbound.stub import Answer, StubMerchant
 from tests.support import (
     Partner,

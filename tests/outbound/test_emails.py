@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from cli.mailsink import MailSink
+from devstack.mailsink import MailSink
 from tests.support import Partner, wait_for
 
 pytestmark = pytest.mark.usefixtures("pipeline")

@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
-from cli.mailsink import CaughtMail, MailSink
 from core.settings import Settings
+from devstack.mailsink import CaughtMail, MailSink
 from tests.outbound.stub import Answer, StubMerchant
 from tests.outbound.support import wait_delivery_status
 from tests.support import (

@@ -11,13 +11,11 @@ import httpx
 import pytest
 import redis
 
-from cli.devstack import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    ServiceError,
-    TemporalDevServer,
-    free_port,
-)
+from devstack.ports import free_port
+from devstack.postgres import EmbeddedPostgres
+from devstack.processes import ServiceError
+from devstack.redis import EmbeddedRedis
+from devstack.temporal import TemporalDevServer
 
 
 async def _fetch_notes(url: str) -> list[str]:
