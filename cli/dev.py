@@ -1,10 +1,10 @@
 """``switchboard dev``: the whole stack on embedded defaults, in one foreground command.
 
-Starts Postgres, Redis (Valkey) and the Temporal dev server (with its Web UI and a persistent
-database file) from installed wheels and an SMTP sink that keeps every email in a Maildir,
-applies the migrations, starts the api, the worker and the WebSocket gateway as child processes,
-makes sure a demo partner and merchant exist, prints the URLs and a ready-to-run example, then
-waits. Ctrl-C (or SIGTERM) stops the processes, then the services, in that order. Data stays in
+Starts the backing services (Postgres, Redis, Temporal with its Web UI, the SMTP sink; see
+:mod:`devstack.supervisor`), applies the migrations, makes sure a demo partner and merchant
+exist, starts the api, the worker and the WebSocket gateway under the dev supervisor (which
+restarts a crashed one and starts a dead service again), prints the URLs and a ready-to-run
+example, then waits. Ctrl-C (or SIGTERM) stops the processes, then the services. Data stays in
 ``SWITCHBOARD_DATA_DIR`` so the next run picks up where this one stopped.
 """
 
@@ -13,23 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import asyncpg
 
 from api.partners import create_partner
-from cli.outbound import maildir
-from core.contracts import SEARCH_ATTRIBUTES
 from core.db import migrate
 from core.settings import Settings
-from devstack.mailsink import MailSink
-from devstack.postgres import EmbeddedPostgres
-from devstack.processes import ServiceError, SwitchboardProcess, stop_all
-from devstack.redis import EmbeddedRedis
+from devstack.processes import ServiceError, SwitchboardProcess
+from devstack.supervisor import Supervisor, child_settings, start_services
 from devstack.temporal import TemporalDevServer
 
 __all__ = ["DEMO_MERCHANT", "DEMO_PARTNER", "DevState", "load_dev_state", "run_dev"]
@@ -57,10 +51,6 @@ def load_dev_state(settings: Settings) -> DevState | None:
     return DevState(**json.loads(path.read_text()))
 
 
-def _port(url: str, default: int) -> int:
-    return urlsplit(url if "//" in url else f"//{url}").port or default
-
-
 def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
     """Run the stack until interrupted; returns the process exit code."""
     data_dir = settings.data_dir.absolute()
@@ -76,58 +66,26 @@ def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
     with ExitStack() as stack:
         try:
             say("Starting Postgres, Redis and Temporal ...")
-            postgres = EmbeddedPostgres(data_dir / "postgres", _port(settings.database_url, 55432))
-            redis = EmbeddedRedis(data_dir / "redis", _port(settings.redis_url, 56379))
-            temporal = TemporalDevServer(
-                data_dir / "temporal",
-                _port(settings.temporal_address, 57233),
-                ui_port=_port(settings.temporal_ui_url, 58233),
-                search_attributes=[key.name for key in SEARCH_ATTRIBUTES],
-            )
-            for service in (postgres, redis, temporal):
-                stack.enter_context(service)
-            mail = stack.enter_context(
-                MailSink(maildir(settings).absolute(), port=settings.smtp_port)
-            )
+            services = start_services(settings, stack)
         except (ServiceError, OSError) as error:
             say(f"[red]{error}[/red]")
             return 1
-        children = settings.model_copy(
-            update={
-                "database_url": postgres.url,
-                "redis_url": redis.url,
-                "temporal_address": temporal.address,
-                "temporal_ui_url": temporal.ui_url or settings.temporal_ui_url,
-                "smtp_host": mail.host,
-                "smtp_port": mail.port,
-                # Development only: let merchant endpoints on this machine receive deliveries.
-                "delivery_allow_networks": settings.delivery_allow_networks
-                or "127.0.0.0/8,::1/128",
-            }
-        )
+        postgres = services.postgres
         say("Applying migrations ...")
         migrate(postgres.url)
         state = asyncio.run(_ensure_demo_tenants(settings, postgres.url))
         (data_dir / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
-        processes = {
-            name: SwitchboardProcess(name, children, data_dir / "logs" / f"{name}.log")
-            for name in ("api", "worker", "gateway")
-        }
-        stack.callback(stop_all, processes.values())
-        for process in processes.values():
-            process.start()
-        if not _wait_for_api(processes["api"], timeout=60):
+        supervisor = Supervisor(
+            child_settings(settings, services), data_dir / "logs", services.supervised, say
+        )
+        stack.callback(supervisor.stop)
+        supervisor.start()
+        if not _wait_for_api(supervisor.processes["api"], timeout=60):
             say("[red]The api did not come up; see .switchboard/logs/api.log[/red]")
             return 1
-        say(_banner(settings, postgres.url, redis.url, temporal, state))
+        say(_banner(settings, postgres.url, services.redis.url, services.temporal, state))
         say("[bold green]Switchboard is ready.[/bold green] Press Ctrl-C to stop.")
-        exit_code = 0
-        while not stop_requested:
-            for name, process in processes.items():
-                if (code := process.poll()) is not None:
-                    say(f"[red]{name} exited with {code}; stopping.[/red]")
-                    stop_requested, exit_code = True, 1
-            time.sleep(0.2)
+        exit_code = supervisor.run(lambda: stop_requested)
         say("Stopping ...")
     say("Stopped.")
     return exit_code

@@ -4,7 +4,6 @@ logs and replays (clients of the operator API), and the development mail sink's 
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,9 +11,9 @@ from rich.table import Table
 
 from cli.client import Json, call, emit, fail
 from core.settings import Settings
-from devstack.mailsink import read_maildir
+from devstack.mailsink import maildir, read_maildir
 
-__all__ = ["deliveries_app", "endpoints_app", "mail_app", "maildir"]
+__all__ = ["deliveries_app", "endpoints_app", "mail_app"]
 
 endpoints_app = typer.Typer(
     help="Merchant endpoints: register, rotate secrets, pause, resume, health.",
@@ -24,11 +23,6 @@ deliveries_app = typer.Typer(
     help="Outbound deliveries: attempt logs and replays.", no_args_is_help=True
 )
 mail_app = typer.Typer(help="Emails caught by the development SMTP sink.", no_args_is_help=True)
-
-
-def maildir(settings: Settings) -> Path:
-    """Where ``switchboard dev``'s SMTP sink keeps what it catches."""
-    return settings.data_dir / "mail"
 
 
 def _endpoint_table(found: list[dict[str, Any]]) -> Table:

@@ -18,7 +18,9 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-__all__ = ["CaughtMail", "MailSink", "read_maildir"]
+from core.settings import Settings
+
+__all__ = ["CaughtMail", "MailSink", "maildir", "read_maildir"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ class _Keeper:
         assert isinstance(content, bytes)
         mailbox.Maildir(self.maildir, create=True).add(content)
         return "250 Message accepted for delivery"
+
+
+def maildir(settings: Settings) -> Path:
+    """Where ``switchboard dev``'s SMTP sink keeps what it catches."""
+    return settings.data_dir / "mail"
 
 
 class MailSink:

@@ -43,6 +43,7 @@ __all__ = [
     "SwitchboardProcess",
     "alive",
     "child_env",
+    "descendants",
     "ensure_port_free",
     "executable",
     "log_tail",

@@ -5,17 +5,30 @@ and keeps its data for the next run. Every port it uses is a free one, so a deve
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Origin
 
 from core.settings import Settings
 from devstack.ports import StackPorts
-from devstack.processes import REPO, SwitchboardProcess, process_env, standalone_settings
+from devstack.processes import (
+    REPO,
+    SwitchboardProcess,
+    alive,
+    descendants,
+    process_env,
+    standalone_settings,
+)
 
 
 def dev_settings(data_dir: Path, **values: object) -> Settings:
@@ -122,3 +135,103 @@ def test_dev_runs_the_stack_and_keeps_data_across_restarts(tmp_path: Path) -> No
         assert second.interrupt() == 0
     finally:
         second.kill()
+
+
+# -- the supervisor ------------------------------------------------------------------------
+
+
+def _children(dev: DevProcess) -> dict[str, int]:
+    """Direct children of dev by role: api, worker, gateway, postgres, redis, temporal."""
+    assert dev.process.pid is not None
+    found: dict[str, int] = {}
+    for pid in descendants(dev.process.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
+            continue
+        if parent != dev.process.pid:
+            continue
+        if b"cli.main" in argv:
+            found[argv[argv.index(b"cli.main") + 1].decode()] = pid
+        elif argv[0].endswith(b"/postgres"):
+            found["postgres"] = pid
+        elif b"valkey-server" in argv[0]:
+            found["redis"] = pid
+        elif argv[0].endswith(b"/temporal"):
+            found["temporal"] = pid
+    return found
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
+    """One ``switchboard dev`` on shifted ports for the supervisor tests (the last stops it)."""
+    root = tmp_path_factory.mktemp("supervised")
+    running = DevProcess(dev_settings(root / "data"), root / "dev.log")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.kill()
+
+
+def test_dashboard_origin_follows_a_shifted_api_port(dev: DevProcess) -> None:
+    """The gateway accepts the handshake of a dashboard served by the api's shifted port and
+    refuses one from the default port, which now belongs to nobody in this stack."""
+    url = f"ws://127.0.0.1:{dev.settings.gateway_port}/ws"
+    with ws_connect(url, origin=Origin(f"http://127.0.0.1:{dev.settings.api_port}")) as ws:
+        assert ws.response is not None and ws.response.status_code == 101
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(url, origin=Origin("http://127.0.0.1:8400"))
+    assert refused.value.response.status_code == 403
+
+
+def test_a_killed_worker_is_restarted_while_the_api_keeps_answering(dev: DevProcess) -> None:
+    """SIGKILL the worker: dev says it restarts it, the api answers all along, and a webhook
+    sent meanwhile is processed."""
+    before = _children(dev)
+    os.kill(before["worker"], signal.SIGKILL)
+    line = dev.wait_for_line("worker exited with -9", timeout=30)
+    assert "restarting in 1s (restart 1)" in line
+    health = f"{dev.settings.public_base_url}/healthz"
+    assert httpx.get(health, timeout=5).status_code == 200
+    sent = cli(dev.env, "send", "payment.succeeded", "--amount", "990")
+    assert sent["status"] == 202
+    dev.wait_for_line("worker restarted", timeout=30)
+    wait_processed(dev.env, str(sent["event_id"]))
+    after = _children(dev)
+    assert after["api"] == before["api"]
+    assert after["worker"] != before["worker"]
+    assert httpx.get(health, timeout=5).status_code == 200
+
+
+def test_a_killed_backing_service_is_named_and_started_again(dev: DevProcess) -> None:
+    """SIGKILL Postgres: dev names it, starts it again on its data, and webhooks flow again."""
+    os.kill(_children(dev)["postgres"], signal.SIGKILL)
+    assert "Postgres exited with -9" in dev.wait_for_line("exited with -9; starting it again")
+    dev.wait_for_line("Postgres is back", timeout=90)
+    deadline = time.monotonic() + 60
+    while True:  # the api's pool reconnects on its next use; a 503 until then is fair
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "send", "payment.succeeded", "--json"],
+            cwd=REPO,
+            env=dev.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode == 0 and json.loads(done.stdout)["status"] == 202:
+            break
+        assert time.monotonic() < deadline, done.stdout + done.stderr
+        time.sleep(0.5)
+    wait_processed(dev.env, str(json.loads(done.stdout)["event_id"]))
+
+
+def test_sigterm_stops_every_child_restarts_included(dev: DevProcess) -> None:
+    """SIGTERM dev: it exits 0 and no process it started (or restarted) is left, by pid."""
+    assert dev.process.pid is not None
+    started = descendants(dev.process.pid)
+    assert {"api", "worker", "gateway", "postgres", "redis", "temporal"} <= _children(dev).keys()
+    assert dev.interrupt(signal.SIGTERM) == 0
+    assert [pid for pid in started if alive(pid)] == []
