@@ -5,6 +5,11 @@ webhook row is locked first, and a row already in a final state returns what it 
 time instead of doing it again. The per-entity advisory lock plus the "earlier open event" check
 make events of one entity take effect in arrival order, except that a refund whose payment has
 not arrived steps aside (``waiting``) so the payment can pass it.
+
+Tenancy is checked first: an event for a merchant its partner is not linked to is parked
+(``unlinked_merchant``) and replayed when an operator links them. An error that no retry can cure
+(invalid stored data, a value Postgres refuses: :func:`core.db.is_permanent`) parks the event
+where it happens, so it never occupies the pipeline retrying.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -21,11 +27,12 @@ from core.audit import audit, record_alert
 from core.contracts import (
     ApplyInput,
     ApplyResult,
+    DeadLetterCause,
     Outcome,
     ParkInput,
     WebhookStatus,
 )
-from core.db import Connection
+from core.db import Connection, is_permanent
 from core.errors import PermanentEventError
 from core.events import (
     MODELS,
@@ -35,6 +42,7 @@ from core.events import (
     RefundSucceeded,
 )
 from core.metrics import EVENTS_APPLIED
+from core.tenancy import onboard_merchant
 
 __all__ = ["PREDECESSOR_PENDING", "LedgerActivities"]
 
@@ -55,6 +63,25 @@ class LedgerActivities:
     @activity.defn(name="apply_event")
     async def apply_event(self, request: ApplyInput) -> ApplyResult:
         """Apply one recorded event in a single transaction, or report why it must wait."""
+        try:
+            result = await self._apply(request)
+        except (asyncpg.PostgresError, ValidationError) as error:
+            if not (isinstance(error, ValidationError) or is_permanent(error)):
+                raise
+            # No retry can cure it: park the event now rather than retry it forever.
+            reason = f"cannot take effect: {_describe(error)}"
+            await self.park_event(ParkInput(request.event_id, reason))
+            result = ApplyResult(outcome=Outcome.DEAD_LETTERED)
+        EVENTS_APPLIED.labels(result.outcome).inc()
+        activity.logger.info(
+            "event %s: %s",
+            request.event_id,
+            result.outcome,
+            extra={"event_id": request.event_id, "outcome": str(result.outcome)},
+        )
+        return result
+
+    async def _apply(self, request: ApplyInput) -> ApplyResult:
         async with self._pool.acquire() as conn, conn.transaction():
             hook = await conn.fetchrow(
                 "SELECT id, event_id, partner_id, webhook_id, event_type, entity_key, payload,"
@@ -84,13 +111,6 @@ class LedgerActivities:
                 workflow_id = activity.info().workflow_id
                 application = _Application(conn, hook, request.park_if_waiting, workflow_id)
                 result = await application.run()
-        EVENTS_APPLIED.labels(result.outcome).inc()
-        activity.logger.info(
-            "event %s: %s",
-            request.event_id,
-            result.outcome,
-            extra={"event_id": request.event_id, "outcome": str(result.outcome)},
-        )
         return result
 
     @activity.defn(name="park_event")
@@ -104,7 +124,7 @@ class LedgerActivities:
             )
             if hook is None or hook["status"] in _FINAL:
                 return
-            await _dead_letter(conn, hook, request.reason)
+            await _dead_letter(conn, hook, request.reason, DeadLetterCause.OTHER)
 
 
 async def _repeat_result(conn: Connection, hook: Row) -> ApplyResult:
@@ -130,13 +150,26 @@ async def _waiting_workflows(conn: Connection, hook: Row) -> list[str]:
     return [row["workflow_id"] for row in rows]
 
 
-async def _dead_letter(conn: Connection, hook: Row, reason: str) -> None:
+def _describe(error: BaseException) -> str:
+    """A short, storable account of why an event cannot take effect."""
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "data"
+        text = f"invalid data.{where}: {first['msg']}"
+    else:
+        text = f"{type(error).__name__} ({getattr(error, 'sqlstate', '?')}): {error}"
+    return text.replace("\x00", "")[:500]
+
+
+async def _dead_letter(conn: Connection, hook: Row, reason: str, cause: DeadLetterCause) -> None:
+    reason = reason.replace("\x00", "")
     await conn.execute(
-        "INSERT INTO dead_letters (event_id, reason) VALUES ($1, $2)"
+        "INSERT INTO dead_letters (event_id, reason, cause) VALUES ($1, $2, $3)"
         " ON CONFLICT (event_id) DO UPDATE SET reason = EXCLUDED.reason,"
-        " created_at = clock_timestamp(), replayed_at = NULL",
+        " cause = EXCLUDED.cause, created_at = clock_timestamp(), replayed_at = NULL",
         hook["event_id"],
         reason,
+        cause,
     )
     await conn.execute(
         "UPDATE webhooks SET status = 'dead_lettered', processed_at = clock_timestamp(),"
@@ -154,14 +187,29 @@ async def _dead_letter(conn: Connection, hook: Row, reason: str) -> None:
         reason=reason,
         event_id=hook["event_id"],
     )
-    waited_for_payment = reason.startswith("payment never arrived")
+    summary = f"{hook['event_type']} {hook['event_id']} parked: {reason}"
+    details = {"event_id": hook["event_id"], "partner_id": hook["partner_id"]}
+    if cause == DeadLetterCause.UNLINKED_MERCHANT:
+        merchant = hook["payload"]["data"]["merchant_id"]
+        # One alert per (partner, merchant) pair, counting its webhooks, not one per webhook.
+        await record_alert(
+            conn,
+            dedup_key=f"unlinked_merchant:{hook['partner_id']}:{merchant}",
+            kind="unlinked_merchant",
+            severity="high",
+            summary=f"partner {hook['partner_id']} sent webhooks for merchant {merchant},"
+            " which it is not linked to; they are parked until an operator links them",
+            details={**details, "merchant_id": merchant},
+        )
+        return
+    waited_for_payment = cause == DeadLetterCause.PAYMENT_NEVER_ARRIVED
     await record_alert(
         conn,
         dedup_key=f"dead_letter:{hook['event_id']}",
         kind="refund_without_payment" if waited_for_payment else "dead_letter",
         severity="high" if waited_for_payment else "medium",
-        summary=f"{hook['event_type']} {hook['event_id']} parked: {reason}",
-        details={"event_id": hook["event_id"], "partner_id": hook["partner_id"]},
+        summary=summary,
+        details=details,
     )
 
 
@@ -187,6 +235,11 @@ class _Application:
             await self._finish(WebhookStatus.IGNORED, "unknown event type, stored as received")
             return ApplyResult(outcome=Outcome.IGNORED)
         data = model.model_validate(self.hook["payload"]["data"])
+        if not await self._partner_may_write(data.merchant_id):
+            return await self._park(
+                f"partner {self.partner_id} is not linked to merchant {data.merchant_id}",
+                DeadLetterCause.UNLINKED_MERCHANT,
+            )
         if isinstance(data, BalanceUpdated):
             return await self._balance_updated(data)
         assert isinstance(data, PaymentSucceeded | PaymentFailed | RefundSucceeded)
@@ -201,6 +254,30 @@ class _Application:
         if isinstance(data, PaymentFailed):
             return await self._payment_failed(data, payment)
         return await self._refund_succeeded(data, payment)
+
+    async def _partner_may_write(self, merchant_id: str) -> bool:
+        """Whether this partner processes for the merchant: linked by an operator, or onboarded
+        now because the partner onboards merchants on first sight and no other partner has it."""
+        access = await self.conn.fetchrow(
+            "SELECT EXISTS (SELECT 1 FROM merchant_partners WHERE merchant_id = $1"
+            " AND partner_id = $2) AS linked,"
+            " (SELECT auto_onboard_merchants FROM partners WHERE id = $2) AS auto_onboard",
+            merchant_id,
+            self.partner_id,
+        )
+        assert access is not None
+        if access["linked"]:
+            return True
+        if not access["auto_onboard"]:
+            return False
+        return await onboard_merchant(
+            self.conn,
+            merchant_id,
+            self.partner_id,
+            actor="switchboard",
+            reason=f"first webhook from {self.partner_id}, which onboards new merchants",
+            event_id=self.event_id,
+        )
 
     async def _payment_on_its_way(self) -> bool:
         """Whether a payment event of this entity was received but has not taken effect yet.
@@ -310,7 +387,10 @@ class _Application:
     async def _refund_succeeded(self, data: RefundSucceeded, payment: Row | None) -> ApplyResult:
         if payment is None:
             if self.park_if_waiting and not await self._payment_on_its_way():
-                return await self._park(f"payment never arrived: {data.payment_id}")
+                return await self._park(
+                    f"payment never arrived: {data.payment_id}",
+                    DeadLetterCause.PAYMENT_NEVER_ARRIVED,
+                )
             await self._finish(WebhookStatus.WAITING, f"waiting for payment {data.payment_id}")
             return ApplyResult(outcome=Outcome.WAITING)
         known = await self.conn.fetchval(
@@ -373,8 +453,9 @@ class _Application:
 
     async def _balance_updated(self, data: BalanceUpdated) -> ApplyResult:
         newer: datetime | None = await self.conn.fetchval(
-            "INSERT INTO balances (merchant_id, currency, available, pending, as_of, event_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant_id, currency) DO UPDATE"
+            "INSERT INTO balances (partner_id, merchant_id, currency, available, pending, as_of,"
+            " event_id) VALUES ($7, $1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (partner_id, merchant_id, currency) DO UPDATE"
             " SET available = EXCLUDED.available, pending = EXCLUDED.pending,"
             " as_of = EXCLUDED.as_of, event_id = EXCLUDED.event_id, updated_at = now()"
             " WHERE balances.as_of < EXCLUDED.as_of RETURNING as_of",
@@ -384,6 +465,7 @@ class _Application:
             data.pending,
             data.as_of,
             self.event_id,
+            self.partner_id,
         )
         if newer is None:
             return await self._unchanged("a newer balance is already recorded")
@@ -412,8 +494,7 @@ class _Application:
     async def _applied(self, merchant_id: str, data: dict[str, Any]) -> ApplyResult:
         """Append the merchant event (next seq), close the webhook, and name who it unblocks."""
         seq = await self.conn.fetchval(
-            "INSERT INTO merchants (id, last_seq) VALUES ($1, 1) ON CONFLICT (id)"
-            " DO UPDATE SET last_seq = merchants.last_seq + 1 RETURNING last_seq",
+            "UPDATE merchants SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
             merchant_id,
         )
         event_data = {"partner_id": self.partner_id, **data}
@@ -443,8 +524,10 @@ class _Application:
         await self._finish(WebhookStatus.PROCESSED, detail)
         return ApplyResult(outcome=Outcome.UNCHANGED)
 
-    async def _park(self, reason: str) -> ApplyResult:
-        await _dead_letter(self.conn, self.hook, reason)
+    async def _park(
+        self, reason: str, cause: DeadLetterCause = DeadLetterCause.OTHER
+    ) -> ApplyResult:
+        await _dead_letter(self.conn, self.hook, reason, cause)
         return ApplyResult(outcome=Outcome.DEAD_LETTERED)
 
     async def _finish(self, status: WebhookStatus, detail: str | None) -> None:

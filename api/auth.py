@@ -3,6 +3,8 @@
 A key arrives as ``Authorization: Bearer <key>``. The bootstrap key from settings has every
 scope; other keys live hashed (SHA-256) in ``api_keys`` with their scopes. Scopes: ``read``
 (traces, events, lists), ``replay`` (dead-letter replays), ``admin`` (partners, merchants, keys).
+Routes that change something take the :class:`Operator` the check returns and audit its
+``actor``; creating and revoking keys are audited too.
 """
 
 from __future__ import annotations
@@ -11,15 +13,27 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from core.audit import audit
 from core.db import Connection
 from core.errors import OperatorError
 
-__all__ = ["SCOPES", "Scope", "create_api_key", "require"]
+__all__ = [
+    "BOOTSTRAP_ACTOR",
+    "SCOPES",
+    "Operator",
+    "Scope",
+    "create_api_key",
+    "key_actor",
+    "require",
+    "revoke_api_key",
+]
 
 Scope = Literal["read", "replay", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "replay", "admin")
@@ -27,42 +41,93 @@ SCOPES: tuple[Scope, ...] = ("read", "replay", "admin")
 _bearer = HTTPBearer(auto_error=False, description="An operator API key.")
 
 
-async def create_api_key(conn: Connection, name: str, scopes: list[Scope]) -> str:
-    """Store a new key (hashed) and return it; it is shown only this once."""
+async def create_api_key(
+    conn: Connection, name: str, scopes: list[Scope], *, actor: str = "switchboard"
+) -> tuple[int, str]:
+    """Store a new key (hashed, audited) and return its id and the key, shown only this once."""
     key = f"sb_{secrets.token_urlsafe(24)}"
-    await conn.execute(
-        "INSERT INTO api_keys (name, key_sha256, scopes) VALUES ($1, $2, $3)",
-        name,
-        hashlib.sha256(key.encode()).digest(),
-        list(scopes),
-    )
-    return key
+    async with conn.transaction():
+        key_id: int = await conn.fetchval(
+            "INSERT INTO api_keys (name, key_sha256, scopes) VALUES ($1, $2, $3) RETURNING id",
+            name,
+            hashlib.sha256(key.encode()).digest(),
+            list(scopes),
+        )
+        await audit(
+            conn,
+            "api_key",
+            str(key_id),
+            None,
+            "active",
+            actor=actor,
+            reason=f"{name}: {', '.join(scopes)}",
+        )
+    return key_id, key
 
 
-async def _scopes_of(request: Request, key: str) -> set[str]:
+async def revoke_api_key(conn: Connection, key_id: int, *, actor: str) -> asyncpg.Record:
+    """Revoke a key (audited); revoking a revoked key changes nothing. 404 if there is none."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
+            " RETURNING id, name, scopes, created_at, revoked_at",
+            key_id,
+        )
+        if row is not None:
+            await audit(conn, "api_key", str(key_id), "active", "revoked", actor=actor, reason=None)
+            return row
+        row = await conn.fetchrow(
+            "SELECT id, name, scopes, created_at, revoked_at FROM api_keys WHERE id = $1", key_id
+        )
+        if row is None:
+            raise OperatorError(404, f"no API key {key_id}")
+        return row
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who is calling: the API key's audit name (``actor``) and its scopes."""
+
+    actor: str
+    scopes: frozenset[str]
+
+
+BOOTSTRAP_ACTOR = "api-key:bootstrap"
+
+
+async def _operator_of(request: Request, key: str) -> Operator | None:
     admin_key: str = request.app.state.settings.admin_api_key.get_secret_value()
     if hmac.compare_digest(key.encode(), admin_key.encode()):
-        return set(SCOPES)
-    scopes = await request.app.state.pool.fetchval(
-        "SELECT scopes FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL",
+        return Operator(BOOTSTRAP_ACTOR, frozenset(SCOPES))
+    row = await request.app.state.pool.fetchrow(
+        "SELECT id, name, scopes FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL",
         hashlib.sha256(key.encode()).digest(),
     )
-    return set(scopes or ())
+    if row is None:
+        return None
+    return Operator(key_actor(row["id"], row["name"]), frozenset(row["scopes"]))
 
 
-def require(scope: Scope) -> Callable[..., Awaitable[None]]:
-    """A dependency refusing requests whose API key lacks ``scope`` (401 or 403)."""
+def key_actor(key_id: int, name: str) -> str:
+    """How the audit log names what an API key did: ``api-key:7:ops-alice``."""
+    return f"api-key:{key_id}:{name}"
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[Operator]]:
+    """A dependency refusing requests whose API key lacks ``scope`` (401 or 403); it returns
+    the :class:`Operator` so routes can audit who acted."""
 
     async def check(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
+    ) -> Operator:
         if credentials is None or not credentials.credentials:
             raise OperatorError(401, "send an operator API key as 'Authorization: Bearer <key>'")
-        scopes = await _scopes_of(request, credentials.credentials)
-        if not scopes:
+        operator = await _operator_of(request, credentials.credentials)
+        if operator is None:
             raise OperatorError(401, "unknown or revoked API key")
-        if scope not in scopes:
+        if scope not in operator.scopes:
             raise OperatorError(403, f"this API key lacks the {scope!r} scope")
+        return operator
 
     return check

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.operator import Config
@@ -57,6 +57,7 @@ class CurrencyTotals(BaseModel):
 
 
 class Balance(BaseModel):
+    partner_id: str = Field(description="The partner reporting it: each keeps its own.")
     currency: str
     available: int
     pending: int
@@ -161,8 +162,8 @@ async def sync(
             merchant_id,
         )
         balances = await conn.fetch(
-            "SELECT currency, available, pending, as_of FROM balances WHERE merchant_id = $1"
-            " ORDER BY currency",
+            "SELECT partner_id, currency, available, pending, as_of FROM balances"
+            " WHERE merchant_id = $1 ORDER BY partner_id, currency",
             merchant_id,
         )
         after = max(0, head - limit) if since_seq is None else since_seq

@@ -1,11 +1,12 @@
 """Partner ingress: ``POST /webhooks/{partner_id}``.
 
-In order: known partner (404), JSON media type (415), body size capped while reading (413) and
-given ``body_timeout_seconds`` to arrive (408), Standard Webhooks signature (401, or 400 for a
-stale timestamp), per-partner rate limit (429), envelope and event data (422), then a durable
-inbox write (202, or 200 for a repeat, 409 for a reused id with another body, 503 if Postgres
-cannot take it). Nothing here talks to Temporal:
-the relay in the worker starts the workflows, so Temporal being slow or down never delays an ack.
+In order: JSON media type (415), body size capped while reading (413) and given
+``body_timeout_seconds`` to arrive (408), Standard Webhooks signature (401, also for an unknown
+partner, so that partner ids cannot be probed; 400 for a stale timestamp), per-partner rate
+limit (429), envelope and event data (422), then a durable inbox write (202, or 200 for a
+repeat, 409 for a reused id with another body, 503 if Postgres cannot take it). Nothing here
+talks to Temporal: the relay in the worker starts the workflows, so Temporal being slow or down
+never delays an ack.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,10 +36,9 @@ from core.errors import (
     MalformedEnvelope,
     PayloadTooLarge,
     RateLimited,
-    UnknownPartner,
     UnsupportedMediaType,
 )
-from core.events import parse_envelope
+from core.events import BalanceUpdated, parse_envelope
 from core.metrics import ACK_LATENCY, WEBHOOKS_RECEIVED
 from core.settings import Settings
 from core.signing import verify
@@ -45,6 +46,7 @@ from core.signing import verify
 __all__ = ["Ingress", "router"]
 
 router = APIRouter(tags=["ingress"])
+_NOBODYS_KEY = (secrets.token_bytes(32),)
 log = logging.getLogger("switchboard.ingress")
 
 
@@ -59,9 +61,9 @@ class Ingress:
 
     async def accept(self, partner_id: str, request: Request) -> tuple[int, WebhookAccepted]:
         received_at = datetime.now(UTC)
+        # An unknown partner is answered exactly like a known one with a bad signature (the
+        # body is read and checked against a key nobody has), so ids cannot be enumerated.
         partner = await self.partners.get(partner_id)
-        if partner is None:
-            raise UnknownPartner(f"no partner {partner_id!r}")
         if not _is_json(request.headers.get("content-type", "")):
             raise UnsupportedMediaType("send the webhook as application/json")
         try:
@@ -71,17 +73,21 @@ class Ingress:
             raise BodyTimeout(
                 f"the body did not arrive within {self.settings.body_timeout_seconds:g}s"
             ) from None
+        now = time.time()
         verified = verify(
-            partner.keys,
+            partner.keys if partner else _NOBODYS_KEY,
             request.headers,
             body,
-            now=time.time(),
+            now=now,
             tolerance=self.settings.signature_tolerance_seconds,
         )
+        assert partner is not None  # nobody can sign with _NOBODYS_KEY
         limit = partner.rate_limit_per_second or self.settings.partner_rate_limit_per_second
         if not await self.limiter.allow(f"partner:{partner.id}", limit):
             raise RateLimited(f"more than {limit} webhooks/s from {partner.id}", retry_after=1)
         event_type, data, model = parse_envelope(_json(body))
+        if isinstance(model, BalanceUpdated):
+            _refuse_future_as_of(model, now + self.settings.signature_tolerance_seconds)
         recorded = await self.inbox.record(
             InboxEntry(
                 event_id=new_event_id(),
@@ -129,8 +135,7 @@ async def get_ingress(request: Request) -> Ingress:
     responses={
         200: {"model": WebhookAccepted, "description": "A repeat of a recorded webhook."},
         400: {"description": "Timestamp outside the tolerance."},
-        401: {"description": "Missing or invalid signature."},
-        404: {"description": "Unknown partner."},
+        401: {"description": "Missing or invalid signature, or an unknown partner."},
         408: {"description": "The body arrived too slowly."},
         409: {"description": "webhook-id reused with a different body."},
         413: {"description": "Body larger than the limit."},
@@ -179,10 +184,26 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 def _json(body: bytes) -> Any:
+    """The body as JSON, which Standard Webhooks signs as UTF-8 text: no other encoding, no BOM.
+
+    (``json.loads`` on bytes would quietly accept UTF-16 and UTF-32 and skip a BOM.)
+    """
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise MalformedEnvelope("the body starts with a byte-order mark; send plain UTF-8 JSON")
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedEnvelope("the body is not UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise MalformedEnvelope("the body is not valid JSON") from None
+
+
+def _refuse_future_as_of(balance: BalanceUpdated, latest: float) -> None:
+    # A far-future as_of would win last-writer-wins forever and freeze the balance.
+    if balance.as_of.timestamp() > latest:
+        raise MalformedEnvelope("data.as_of: is further in the future than the clock tolerance")
 
 
 def _refuse_constant(name: str) -> Any:

@@ -12,20 +12,23 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from api.auth import create_api_key, require
-from api.partners import create_partner, rotate_secret
+from api.auth import Operator, create_api_key, require, revoke_api_key
+from api.partners import rotate_secret
 from api.schemas import (
     Alert,
     ApiKeyCreated,
     ApiKeyIn,
+    ApiKeyOut,
     DeadLetter,
     EventOut,
     Merchant,
     MerchantIn,
+    MerchantPatch,
     PartnerCreated,
     PartnerIn,
+    PartnerLinked,
     PartnerOut,
     ReplayFilter,
     ReplayResult,
@@ -38,13 +41,23 @@ from core.contracts import webhook_workflow_id
 from core.db import Connection
 from core.errors import OperatorError
 from core.settings import Settings
+from core.tenancy import (
+    create_merchant,
+    create_partner,
+    link_partner,
+    unlink_partner,
+    update_merchant,
+)
 
 __all__ = ["replay", "router"]
 
 router = APIRouter(prefix="/v1", tags=["operator"])
 Read = Depends(require("read"))
 Replay = Depends(require("replay"))
+ReplayOperator = Annotated[Operator, Replay]
 Admin = Depends(require("admin"))
+AdminOperator = Annotated[Operator, Admin]
+MerchantPath = Annotated[str, Path(max_length=128)]
 
 _TRACE_STEPS = (
     ("received", "received_at"),
@@ -202,18 +215,20 @@ async def _dead_letter_rows(
     return rows
 
 
-@router.post("/dead-letters/{event_id}/replay", dependencies=[Replay], response_model=ReplayResult)
-async def replay_one(event_id: str, pool: Pool) -> ReplayResult:
+@router.post("/dead-letters/{event_id}/replay", response_model=ReplayResult)
+async def replay_one(event_id: str, pool: Pool, operator: ReplayOperator) -> ReplayResult:
     """Run a dead-lettered webhook again (a new workflow, audited)."""
     async with pool.acquire() as conn:
-        replayed = await replay(conn, [event_id], actor="operator")
+        replayed = await replay(conn, [event_id], actor=operator.actor)
     if not replayed:
         raise OperatorError(409, f"{event_id!r} is not a dead letter")
     return ReplayResult(matched=1, replayed=1, dry_run=False, event_ids=replayed)
 
 
-@router.post("/dead-letters/replay", dependencies=[Replay], response_model=ReplayResult)
-async def replay_many(selection: ReplayFilter, pool: Pool) -> ReplayResult:
+@router.post("/dead-letters/replay", response_model=ReplayResult)
+async def replay_many(
+    selection: ReplayFilter, pool: Pool, operator: ReplayOperator
+) -> ReplayResult:
     """Replay every dead letter matching the filter; ``dry_run`` (the default) only counts."""
     rows = await _dead_letter_rows(
         pool, selection.partner_id, selection.since, selection.until, selection.limit
@@ -222,7 +237,7 @@ async def replay_many(selection: ReplayFilter, pool: Pool) -> ReplayResult:
     if selection.dry_run:
         return ReplayResult(matched=len(rows), replayed=0, dry_run=True, event_ids=event_ids)
     async with pool.acquire() as conn:
-        replayed = await replay(conn, event_ids, actor="operator")
+        replayed = await replay(conn, event_ids, actor=operator.actor)
     return ReplayResult(
         matched=len(rows), replayed=len(replayed), dry_run=False, event_ids=replayed
     )
@@ -256,26 +271,48 @@ async def replay(conn: Connection, event_ids: list[str], *, actor: str) -> list[
     return replayed
 
 
-@router.post("/api-keys", dependencies=[Admin], response_model=ApiKeyCreated, status_code=201)
-async def add_api_key(new_key: ApiKeyIn, pool: Pool) -> ApiKeyCreated:
-    """Create an operator API key with the given scopes (the key is shown once)."""
+@router.post("/api-keys", response_model=ApiKeyCreated, status_code=201)
+async def add_api_key(new_key: ApiKeyIn, pool: Pool, operator: AdminOperator) -> ApiKeyCreated:
+    """Create an operator API key with the given scopes (the key is shown once; audited)."""
     async with pool.acquire() as conn:
-        key = await create_api_key(conn, new_key.name, list(new_key.scopes))
-    return ApiKeyCreated(name=new_key.name, scopes=list(new_key.scopes), key=key)
+        key_id, key = await create_api_key(
+            conn, new_key.name, list(new_key.scopes), actor=operator.actor
+        )
+    return ApiKeyCreated(id=key_id, name=new_key.name, scopes=list(new_key.scopes), key=key)
+
+
+@router.get("/api-keys", dependencies=[Admin], response_model=list[ApiKeyOut])
+async def list_api_keys(pool: Pool) -> list[ApiKeyOut]:
+    """Every stored API key (never the key itself), revoked ones included."""
+    rows = await pool.fetch(
+        "SELECT id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY id"
+    )
+    return [ApiKeyOut(**dict(row)) for row in rows]
+
+
+@router.delete("/api-keys/{key_id}", response_model=ApiKeyOut)
+async def revoke_key(
+    key_id: Annotated[int, Path(ge=1, le=2**63 - 1)], pool: Pool, operator: AdminOperator
+) -> ApiKeyOut:
+    """Revoke an API key at once (audited). Revoking it again changes nothing."""
+    async with pool.acquire() as conn:
+        row = await revoke_api_key(conn, key_id, actor=operator.actor)
+    return ApiKeyOut(**dict(row))
 
 
 @router.get("/partners", dependencies=[Admin], response_model=list[PartnerOut])
 async def list_partners(pool: Pool) -> list[PartnerOut]:
     rows = await pool.fetch(
-        "SELECT p.id, p.name, p.rate_limit_per_second, p.created_at, count(s.id) AS live_secrets"
+        "SELECT p.id, p.name, p.rate_limit_per_second, p.auto_onboard_merchants, p.created_at,"
+        " count(s.id) AS live_secrets"
         " FROM partners p LEFT JOIN partner_secrets s ON s.partner_id = p.id"
         " AND (s.expires_at IS NULL OR s.expires_at > now()) GROUP BY p.id ORDER BY p.id"
     )
     return [PartnerOut(**dict(row)) for row in rows]
 
 
-@router.post("/partners", dependencies=[Admin], response_model=PartnerCreated, status_code=201)
-async def add_partner(partner: PartnerIn, pool: Pool) -> PartnerCreated:
+@router.post("/partners", response_model=PartnerCreated, status_code=201)
+async def add_partner(partner: PartnerIn, pool: Pool, operator: AdminOperator) -> PartnerCreated:
     """Create a partner and return its signing secret (shown once)."""
     async with pool.acquire() as conn:
         secret = await create_partner(
@@ -283,6 +320,8 @@ async def add_partner(partner: PartnerIn, pool: Pool) -> PartnerCreated:
             partner.id,
             partner.name or partner.id,
             rate_limit_per_second=partner.rate_limit_per_second,
+            auto_onboard_merchants=partner.auto_onboard_merchants,
+            actor=operator.actor,
         )
     return PartnerCreated(id=partner.id, secret=secret)
 
@@ -307,36 +346,98 @@ async def rotate_partner_secret(
 async def list_merchants(
     pool: Pool, limit: Annotated[int, Query(gt=0, le=1000)] = 100
 ) -> list[Merchant]:
-    rows = await pool.fetch("SELECT * FROM merchants ORDER BY id LIMIT $1", limit)
+    rows = await pool.fetch(
+        "SELECT m.*, coalesce(array_agg(l.partner_id ORDER BY l.partner_id)"
+        " FILTER (WHERE l.partner_id IS NOT NULL), '{}') AS partners FROM merchants m"
+        " LEFT JOIN merchant_partners l ON l.merchant_id = m.id GROUP BY m.id ORDER BY m.id"
+        " LIMIT $1",
+        limit,
+    )
     return [Merchant(**dict(row)) for row in rows]
 
 
-@router.post("/merchants", dependencies=[Admin], response_model=Merchant, status_code=201)
-async def add_merchant(merchant: MerchantIn, pool: Pool) -> Merchant:
-    """Create a merchant, or update the name and email of an existing one."""
-    row = await pool.fetchrow(
-        "INSERT INTO merchants (id, name, email) VALUES ($1, $2, $3) ON CONFLICT (id)"
-        " DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email RETURNING *",
-        merchant.id,
-        merchant.name,
-        merchant.email,
-    )
-    assert row is not None
-    return Merchant(**dict(row))
+@router.post("/merchants", response_model=Merchant, status_code=201)
+async def add_merchant(merchant: MerchantIn, pool: Pool, operator: AdminOperator) -> Merchant:
+    """Create a merchant, linked to the partners that process for it (409 if it exists)."""
+    async with pool.acquire() as conn:
+        await create_merchant(
+            conn,
+            merchant.id,
+            name=merchant.name,
+            email=merchant.email,
+            partner_ids=merchant.partners,
+            actor=operator.actor,
+        )
+        return await _merchant(conn, merchant.id)
+
+
+@router.patch("/merchants/{merchant_id}", response_model=Merchant)
+async def change_merchant(
+    merchant_id: MerchantPath, changes: MerchantPatch, pool: Pool, operator: AdminOperator
+) -> Merchant:
+    """Change only the fields sent (``null`` clears one); audited."""
+    async with pool.acquire() as conn:
+        await update_merchant(
+            conn, merchant_id, changes.model_dump(exclude_unset=True), actor=operator.actor
+        )
+        return await _merchant(conn, merchant_id)
 
 
 @router.get("/merchants/{merchant_id}", dependencies=[Read], response_model=Merchant)
-async def get_merchant(merchant_id: str, pool: Pool) -> Merchant:
-    """A merchant with its balances and latest ``seq``."""
-    row = await pool.fetchrow("SELECT * FROM merchants WHERE id = $1", merchant_id)
+async def get_merchant(merchant_id: MerchantPath, pool: Pool) -> Merchant:
+    """A merchant with its linked partners, the balances each reports, and its latest ``seq``."""
+    async with pool.acquire() as conn:
+        return await _merchant(conn, merchant_id)
+
+
+@router.put("/merchants/{merchant_id}/partners/{partner_id}", response_model=PartnerLinked)
+async def link_merchant_partner(
+    merchant_id: MerchantPath,
+    partner_id: Annotated[str, Path(max_length=64)],
+    pool: Pool,
+    operator: AdminOperator,
+) -> PartnerLinked:
+    """Link a partner to a merchant (audited): its webhooks for the merchant take effect from
+    now on, and those parked for lack of the link run again."""
+    async with pool.acquire() as conn, conn.transaction():
+        created, parked = await link_partner(conn, merchant_id, partner_id, actor=operator.actor)
+        replayed = await replay(conn, parked, actor=operator.actor) if parked else []
+    return PartnerLinked(
+        merchant_id=merchant_id, partner_id=partner_id, created=created, replayed=replayed
+    )
+
+
+@router.delete("/merchants/{merchant_id}/partners/{partner_id}", status_code=204)
+async def unlink_merchant_partner(
+    merchant_id: MerchantPath,
+    partner_id: Annotated[str, Path(max_length=64)],
+    pool: Pool,
+    operator: AdminOperator,
+) -> Response:
+    """Unlink a partner (audited): its later webhooks for the merchant are parked."""
+    async with pool.acquire() as conn:
+        await unlink_partner(conn, merchant_id, partner_id, actor=operator.actor)
+    return Response(status_code=204)
+
+
+async def _merchant(conn: Connection, merchant_id: str) -> Merchant:
+    row = await conn.fetchrow("SELECT * FROM merchants WHERE id = $1", merchant_id)
     if row is None:
         raise OperatorError(404, f"no merchant {merchant_id!r}")
-    balances = await pool.fetch(
-        "SELECT currency, available, pending, as_of FROM balances WHERE merchant_id = $1"
-        " ORDER BY currency",
+    partners = await conn.fetch(
+        "SELECT partner_id FROM merchant_partners WHERE merchant_id = $1 ORDER BY partner_id",
         merchant_id,
     )
-    return Merchant(**dict(row), balances=[_jsonable(dict(b)) for b in balances])
+    balances = await conn.fetch(
+        "SELECT partner_id, currency, available, pending, as_of FROM balances"
+        " WHERE merchant_id = $1 ORDER BY partner_id, currency",
+        merchant_id,
+    )
+    return Merchant(
+        **dict(row),
+        partners=[p["partner_id"] for p in partners],
+        balances=[_jsonable(dict(b)) for b in balances],
+    )
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ overlap: the previous secret keeps verifying until its ``expires_at``.
 
 from __future__ import annotations
 
-import re
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,14 +17,15 @@ import asyncpg
 from api.secrets import rotate_owned_secret
 from core.db import Connection
 from core.errors import OperatorError, Unavailable
-from core.signing import generate_secret, parse_secret
+from core.formats import PARTNER_ID_FORMAT
+from core.signing import parse_secret
 
-__all__ = ["PARTNER_ID", "Partner", "PartnerDirectory", "create_partner", "rotate_secret"]
+__all__ = ["Partner", "PartnerDirectory", "rotate_secret"]
 
-# The same rule as the partners table's CHECK: anything else cannot be a partner.
-PARTNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Unknown ids are cached briefly to spare the database, but only so many: they are unauthenticated.
 MAX_CACHED_MISSES = 10_000
+# A lookup waiting longer (a hung Postgres) serves the cached entry or answers 503.
+LOOKUP_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,16 @@ class Partner:
 class PartnerDirectory:
     """Cached partner lookups for the ingress (misses are cached too, briefly)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, ttl: float = 5.0, miss_ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        ttl: float = 5.0,
+        miss_ttl: float = 1.0,
+        timeout: float = LOOKUP_TIMEOUT,
+    ) -> None:
         self._pool = pool
+        self._timeout = timeout
         self._ttl = ttl
         self._miss_ttl = miss_ttl
         self._cache: dict[str, tuple[float, Partner | None]] = {}
@@ -51,15 +60,16 @@ class PartnerDirectory:
         While Postgres is unreachable a cached entry is served past its TTL (the inbox write
         will answer 503 anyway); with nothing cached it raises :class:`Unavailable`.
         """
-        if not PARTNER_ID.fullmatch(partner_id):
+        if not PARTNER_ID_FORMAT.fullmatch(partner_id):
             return None
         now = time.monotonic()
         cached = self._cache.get(partner_id)
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            partner = await self._load(partner_id)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            async with asyncio.timeout(self._timeout):
+                partner = await self._load(partner_id)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
             if cached is not None:
                 return cached[1]
             raise Unavailable("partners cannot be looked up right now", retry_after=5) from error
@@ -83,37 +93,6 @@ class PartnerDirectory:
             return None
         keys = tuple(parse_secret(row["secret"]) for row in rows if row["secret"] is not None)
         return Partner(rows[0]["id"], keys, rows[0]["rate_limit_per_second"])
-
-
-async def create_partner(
-    conn: Connection,
-    partner_id: str,
-    name: str,
-    *,
-    rate_limit_per_second: int | None = None,
-    secret: str | None = None,
-) -> str:
-    """Create a partner with a fresh (or the given) ``whsec_`` secret and return the secret."""
-    secret = secret or generate_secret()
-    parse_secret(secret)
-    async with conn.transaction():
-        try:
-            await conn.execute(
-                "INSERT INTO partners (id, name, rate_limit_per_second) VALUES ($1, $2, $3)",
-                partner_id,
-                name,
-                rate_limit_per_second,
-            )
-        except asyncpg.UniqueViolationError:
-            raise OperatorError(409, f"partner {partner_id!r} already exists") from None
-        except asyncpg.CheckViolationError:
-            raise OperatorError(
-                422, "partner ids are 1-64 letters, digits, '_', '.' or '-'"
-            ) from None
-        await conn.execute(
-            "INSERT INTO partner_secrets (partner_id, secret) VALUES ($1, $2)", partner_id, secret
-        )
-    return secret
 
 
 async def rotate_secret(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,7 @@ from core.errors import IngressError, OperatorError
 __all__ = ["install_problem_handlers", "problem"]
 
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("switchboard.api")
 
 
 def problem(
@@ -63,12 +65,29 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers=dict(error.headers or {}),
         )
 
-    async def unstorable_input(_: Request, error: Exception) -> JSONResponse:
-        # Input that passed validation but Postgres cannot take (a NUL character, a date
-        # outside its range) is still the client's input: a 422, never a 500.
-        return problem(422, "Invalid request", f"a value cannot be stored or compared: {error}")
+    async def unstorable_input(request: Request, error: Exception) -> JSONResponse:
+        # Input that passed validation but Postgres cannot take (a NUL character, a number
+        # beyond 64 bits, a date outside its range) is still the client's input: a 422, never a
+        # 500. What the database said stays in our log, not in the answer.
+        log.info("unstorable input on %s: %r", request.url.path, error)
+        return problem(
+            422,
+            "Invalid request",
+            "a value in the request cannot be stored or compared (a NUL character, a number "
+            "beyond 64 bits, or a date out of range)",
+        )
+
+    async def timed_out(_: Request, error: Exception) -> JSONResponse:
+        # Postgres statements and connections time out (core.db.connect_pool) rather than hang.
+        return problem(
+            503,
+            "Service Unavailable",
+            "a backing service did not answer in time; retry later",
+            headers={"Retry-After": "5"},
+        )
 
     app.add_exception_handler(IngressError, ingress_error)
+    app.add_exception_handler(TimeoutError, timed_out)
     app.add_exception_handler(asyncpg.DataError, unstorable_input)
     app.add_exception_handler(OverflowError, unstorable_input)
     app.add_exception_handler(OperatorError, operator_error)

@@ -8,12 +8,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from core.formats import EmailAddress, Identifier, PartnerId
 
 __all__ = [
     "Alert",
     "ApiKeyCreated",
     "ApiKeyIn",
+    "ApiKeyOut",
     "DeadLetter",
     "DeliveryAttemptOut",
     "DeliveryOut",
@@ -26,8 +29,10 @@ __all__ = [
     "EventOut",
     "Merchant",
     "MerchantIn",
+    "MerchantPatch",
     "PartnerCreated",
     "PartnerIn",
+    "PartnerLinked",
     "PartnerOut",
     "ReplayFilter",
     "ReplayResult",
@@ -38,18 +43,27 @@ __all__ = [
     "WebhookTrace",
 ]
 
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-
 
 class ApiKeyIn(BaseModel):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    scopes: Annotated[list[Literal["read", "replay", "admin"]], Field(min_length=1)]
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")]
+    scopes: Annotated[list[Literal["read", "replay", "admin"]], Field(min_length=1, max_length=3)]
 
 
 class ApiKeyCreated(BaseModel):
+    id: int
     name: str
     scopes: list[str]
     key: str = Field(description="The key; shown once, stored only as a hash.")
+
+
+class ApiKeyOut(BaseModel):
+    id: int
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 class WebhookAccepted(BaseModel):
@@ -59,9 +73,16 @@ class WebhookAccepted(BaseModel):
 
 
 class PartnerIn(BaseModel):
-    id: Id
+    model_config = ConfigDict(extra="forbid")
+
+    id: PartnerId
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    rate_limit_per_second: Annotated[int, Field(gt=0, le=1_000_000)] | None = None
+    rate_limit_per_second: Annotated[StrictInt, Field(gt=0, le=1_000_000)] | None = None
+    auto_onboard_merchants: StrictBool = Field(
+        False,
+        description="Let this partner's webhooks create and link merchants never seen before. "
+        "Off by default: merchants are then created and linked by an operator.",
+    )
 
 
 class PartnerCreated(BaseModel):
@@ -73,6 +94,7 @@ class PartnerOut(BaseModel):
     id: str
     name: str
     rate_limit_per_second: int | None
+    auto_onboard_merchants: bool
     live_secrets: int
     created_at: datetime
 
@@ -83,10 +105,27 @@ class SecretRotated(BaseModel):
     previous_secrets_expire_at: datetime | None
 
 
+MerchantName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+
+
 class MerchantIn(BaseModel):
-    id: Id
-    name: Annotated[str, Field(max_length=200)] | None = None
-    email: Annotated[str, Field(max_length=320)] | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    id: Identifier
+    name: MerchantName | None = None
+    email: EmailAddress | None = Field(None, description="Where sale notices go.")
+    partners: Annotated[list[PartnerId], Field(max_length=100)] = Field(
+        default_factory=list, description="Partners that process for this merchant (linked)."
+    )
+
+
+class MerchantPatch(BaseModel):
+    """Only the fields sent are changed; ``null`` clears one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: MerchantName | None = None
+    email: EmailAddress | None = None
 
 
 class Merchant(BaseModel):
@@ -94,8 +133,21 @@ class Merchant(BaseModel):
     name: str | None
     email: str | None
     last_seq: int
-    balances: list[dict[str, Any]] = []
+    partners: list[str] = Field(default_factory=list, description="Linked partners.")
+    balances: list[dict[str, Any]] = Field(
+        default_factory=list, description="Balances each partner reports, by currency."
+    )
     created_at: datetime
+
+
+class PartnerLinked(BaseModel):
+    merchant_id: str
+    partner_id: str
+    created: bool = Field(description="False if the link already existed.")
+    replayed: list[str] = Field(
+        description="Event ids of this partner's webhooks for this merchant that were parked "
+        "for lack of the link and now run again."
+    )
 
 
 class TraceStep(BaseModel):
@@ -175,7 +227,7 @@ class Stats(BaseModel):
 
 
 class EndpointIn(BaseModel):
-    merchant_id: Id
+    merchant_id: Identifier
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     description: Annotated[str, Field(max_length=500)] = ""
     event_types: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(

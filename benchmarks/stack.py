@@ -39,11 +39,11 @@ from typing import Self
 import asyncpg
 import psutil
 
-from api.partners import create_partner
 from core.contracts import SEARCH_ATTRIBUTES
 from core.db import migrate
 from core.settings import Settings
 from core.signing import generate_secret
+from core.tenancy import create_partner
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import (
@@ -297,7 +297,12 @@ async def _register_partner(database_url: str, partner_id: str, secret: str) -> 
     try:
         # A rate limit far above what two cores can offer, so 429s never cap the measurement.
         await create_partner(
-            conn, partner_id, "Benchmark partner", rate_limit_per_second=1_000_000, secret=secret
+            conn,
+            partner_id,
+            "Benchmark partner",
+            rate_limit_per_second=1_000_000,
+            auto_onboard_merchants=True,
+            secret=secret,
         )
     finally:
         await conn.close()

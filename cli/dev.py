@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from api.partners import create_partner
 from core.db import migrate
 from core.settings import Settings
+from core.tenancy import create_merchant, create_partner
 from devstack.processes import ServiceError, SwitchboardProcess
 from devstack.supervisor import Supervisor, child_settings, start_services
 from devstack.temporal import TemporalDevServer
@@ -100,12 +100,23 @@ async def _ensure_demo_tenants(settings: Settings, database_url: str) -> DevStat
             DEMO_PARTNER,
         )
         if secret is None:
-            secret = await create_partner(conn, DEMO_PARTNER, "Demo payment provider")
+            secret = await create_partner(
+                conn, DEMO_PARTNER, "Demo payment provider", auto_onboard_merchants=True
+            )
+        # The demo partner onboards the merchants `switchboard demo` invents on first sight
+        # (data dirs from before tenancy existed get the setting too).
         await conn.execute(
-            "INSERT INTO merchants (id, name, email) VALUES ($1, 'Demo merchant',"
-            " 'owner@merchant.example') ON CONFLICT (id) DO NOTHING",
-            DEMO_MERCHANT,
+            "UPDATE partners SET auto_onboard_merchants = true WHERE id = $1", DEMO_PARTNER
         )
+        if not await conn.fetchval("SELECT 1 FROM merchants WHERE id = $1", DEMO_MERCHANT):
+            await create_merchant(
+                conn,
+                DEMO_MERCHANT,
+                name="Demo merchant",
+                email="owner@merchant.example",
+                partner_ids=[DEMO_PARTNER],
+                actor="switchboard dev",
+            )
     finally:
         await conn.close()
     return DevState(settings.public_base_url, DEMO_PARTNER, secret, DEMO_MERCHANT)

@@ -25,6 +25,7 @@ __all__ = [
     "ApplyResult",
     "AttemptInput",
     "AttemptResult",
+    "DeadLetterCause",
     "DeliveryRef",
     "EventType",
     "LaneInput",
@@ -69,6 +70,14 @@ class WebhookStatus(StrEnum):
     PROCESSED = "processed"  # took effect (or was a harmless repeat of an effect)
     IGNORED = "ignored"  # unknown type, stored as received
     DEAD_LETTERED = "dead_lettered"  # parked for an operator: see dead_letters.reason
+
+
+class DeadLetterCause(StrEnum):
+    """Why a webhook was parked (``dead_letters.cause``)."""
+
+    UNLINKED_MERCHANT = "unlinked_merchant"  # replayed when an operator links the two
+    PAYMENT_NEVER_ARRIVED = "payment_never_arrived"
+    OTHER = "other"
 
 
 class Outcome(StrEnum):

@@ -13,7 +13,7 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["Connection", "connect_pool", "migrate"]
+__all__ = ["Connection", "connect_pool", "is_permanent", "migrate"]
 
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 """A connection on its own or borrowed from a pool: queries accept either."""
@@ -37,10 +37,24 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     """
 
 
-async def connect_pool(database_url: str, *, size: int = 10) -> asyncpg.Pool:
-    """An asyncpg pool whose connections speak JSON for ``json``/``jsonb`` columns."""
+async def connect_pool(
+    database_url: str, *, size: int = 10, timeout: float | None = None
+) -> asyncpg.Pool:
+    """An asyncpg pool whose connections speak JSON for ``json``/``jsonb`` columns.
+
+    With ``timeout``, connecting and every statement give up after that many seconds
+    (``TimeoutError``), so a Postgres that hangs rather than refuses cannot hang the caller.
+    Waiting for a free connection is bounded by the statements ahead of it; callers that need
+    one overall bound wrap the whole wait (``asyncio.timeout``).
+    """
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        database_url, min_size=1, max_size=size, init=_init_connection, reset=_keep_session
+        database_url,
+        min_size=1,
+        max_size=size,
+        init=_init_connection,
+        reset=_keep_session,
+        timeout=60.0 if timeout is None else timeout,  # asyncpg's default connect timeout
+        command_timeout=timeout,
     )
     return pool
 
@@ -54,3 +68,20 @@ def migrate(database_url: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = database_url
     command.upgrade(config, "head")
+
+
+# SQLSTATE classes of errors that no retry can cure: the data itself is wrong (22, e.g. a date or
+# number out of range, a NUL in text) or breaks an integrity rule (23, e.g. a check or foreign
+# key). A unique violation (23505) is the exception: it is how a concurrent writer's race shows,
+# and the retry sees the winner's row. Everything else (connections, serialization failures,
+# deadlocks, timeouts, a missing table during a deploy) may pass, so it is retried.
+_PERMANENT_SQLSTATE_CLASSES = ("22", "23")
+_RACE_SQLSTATES = frozenset({"23505"})
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether a Postgres error can never succeed on retry (see the classes above)."""
+    if not isinstance(error, asyncpg.PostgresError):
+        return False
+    sqlstate = str(getattr(error, "sqlstate", "") or "")
+    return sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES and sqlstate not in _RACE_SQLSTATES

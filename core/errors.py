@@ -5,7 +5,6 @@
   * :class:`IngressError` — a partner's webhook is refused; carries an HTTP status for the
     RFC 9457 problem response.
 
-    * :class:`UnknownPartner` (404)
     * :class:`InvalidSignature` (401) — missing, malformed or non-matching signature headers.
     * :class:`StaleTimestamp` (400) — ``webhook-timestamp`` outside the tolerance, either way.
     * :class:`PayloadTooLarge` (413)
@@ -41,7 +40,6 @@ __all__ = [
     "StaleTimestamp",
     "SwitchboardError",
     "Unavailable",
-    "UnknownPartner",
     "UnsupportedMediaType",
     "WebhookIdConflict",
 ]
@@ -67,10 +65,6 @@ class IngressError(SwitchboardError):
         """A stable URI reference naming the problem, e.g. ``/problems/invalid-signature``."""
         name = "".join(f"-{c.lower()}" if c.isupper() else c for c in type(self).__name__)
         return f"/problems/{name.lstrip('-')}"
-
-
-class UnknownPartner(IngressError):
-    status, title = 404, "Unknown partner"
 
 
 class InvalidSignature(IngressError):

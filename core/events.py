@@ -6,15 +6,17 @@ stored payload back in activities, so the edge and the ledger agree on every fie
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from core.contracts import EventType
 from core.errors import MalformedEnvelope
+from core.formats import EmailAddress, Identifier
 
 __all__ = [
+    "EARLIEST_AS_OF",
     "BalanceUpdated",
     "EventData",
     "PaymentFailed",
@@ -23,14 +25,21 @@ __all__ = [
     "parse_envelope",
 ]
 
-Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 MinorUnits = Annotated[StrictInt, Field(ge=0, le=10**15)]
+
+
+# Balances report the present; anything before this is a typo or an attack, and years before 1
+# or after 9999 in UTC cannot even be stored. The ingress also refuses an ``as_of`` further in the
+# future than the signature tolerance (it needs the clock and the setting).
+EARLIEST_AS_OF = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("as_of needs a timezone")
+    if value.year > 9000 or value < EARLIEST_AS_OF:
+        raise ValueError(f"as_of must be after {EARLIEST_AS_OF.isoformat()} and not in the future")
     return value
 
 
@@ -44,7 +53,7 @@ class PaymentSucceeded(_EventData):
     payment_id: Identifier
     amount: MinorUnits
     currency: Currency
-    customer_email: Annotated[str, Field(max_length=320)] | None = None
+    customer_email: EmailAddress | None = None
 
 
 class PaymentFailed(_EventData):

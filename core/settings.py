@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="Application Postgres (business truth and the webhook inbox).",
     )
     database_pool_size: int = Field(10, ge=1, description="asyncpg pool size per process.")
+    database_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest the api waits on Postgres for a connection or a statement; the"
+        " ingress then answers 503 with Retry-After (a hung server never hangs a request).",
+    )
     redis_url: str = Field("redis://127.0.0.1:56379/0", description="Redis for real-time fan-out.")
     temporal_address: str = Field("127.0.0.1:57233", description="Temporal frontend host:port.")
     temporal_namespace: str = "default"
@@ -67,12 +73,44 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9464, description="Worker's Prometheus /metrics (app).")
     worker_sdk_metrics_port: int = Field(9465, description="Temporal SDK metrics of the worker.")
     gateway_port: int = Field(8401, description="WebSocket gateway.")
+    gateway_open_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Time a gateway connection has from connecting to the end of its handshake"
+        " (HTTP request included; /healthz and /metrics too), else it is closed.",
+    )
+
+    # What a client may send the api, and how fast (api/limits.py).
+    api_max_connections: int = Field(
+        1000,
+        ge=2,
+        description="Open connections per api process; at the limit requests are answered 503"
+        " and further connections closed at once.",
+    )
+    header_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Time a client has to send a request line and headers, from connecting or"
+        " from the first byte of its next request (else 408 and close).",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request line plus headers (else 431 and close)."
+    )
+    keep_alive_seconds: int = Field(
+        5, ge=1, description="An idle kept-alive api connection is closed after this long."
+    )
+    operator_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body on every route but the ingress."
+    )
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a whole request body, on every route, from the end"
+        " of its headers (else 408 and close).",
+    )
 
     # Ingress rules.
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest webhook body accepted.")
-    body_timeout_seconds: float = Field(
-        10.0, gt=0, description="Time a client has to send the whole body (slowloris guard)."
-    )
     signature_tolerance_seconds: int = Field(
         300, ge=1, description="Allowed clock skew, both ways."
     )
@@ -88,6 +126,19 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(200, ge=1, description="Inbox rows the relay claims per round.")
     relay_max_in_flight: int = Field(
         400, ge=1, description="Started-but-unfinished workflows the relay allows at once."
+    )
+    relay_partner_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of relay_max_in_flight one partner's workflows may hold, so one "
+        "partner's backlog or stuck traffic never takes every slot.",
+    )
+    relay_stalled_after_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A workflow still running this long after its start (retrying, or waiting "
+        "behind an earlier event) stops counting against the relay's budgets.",
     )
     relay_start_concurrency: int = Field(32, ge=1, description="Concurrent start calls.")
     relay_sweep_seconds: float = Field(

@@ -7,12 +7,18 @@ from the webhook, then marks the rows started. Money is claimed before balance u
 arrival order within a priority. It keeps at most ``relay_max_in_flight`` workflows running, so a
 burst waits in Postgres, where priority is exact, rather than in Temporal's task queue. If
 Temporal is down, rows simply stay ``received`` until it is back.
+
+The budget cannot be taken by one partner or one kind of failure: a partner holding its
+``relay_partner_share`` of it waits while others go by, and a workflow still running
+``relay_stalled_after_seconds`` after its start (retrying, or queued behind an earlier event of
+its entity) stops counting, so healthy traffic keeps flowing beside stuck traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from datetime import UTC, datetime
 
@@ -50,14 +56,31 @@ LEASE_SECONDS = 5
 log = logging.getLogger("switchboard.relay")
 
 _CLAIM = """
-WITH capacity AS (
-    SELECT greatest(0, $2 - (SELECT count(*) FROM webhooks WHERE status = 'started'))::int AS n
+WITH in_flight AS (
+    -- Only workflows started recently count: one stalled longer (retrying, or queued behind an
+    -- earlier event) must not hold a slot that healthy traffic needs.
+    SELECT partner_id, count(*)::int AS n FROM webhooks
+    WHERE status = 'started'
+      AND workflow_started_at > clock_timestamp() - make_interval(secs => $5)
+    GROUP BY partner_id
+), capacity AS (
+    SELECT greatest(0, $2 - coalesce((SELECT sum(n) FROM in_flight), 0))::int AS n
 ), next_in_line AS (
-    SELECT id FROM webhooks
-    WHERE status = 'received'
-      AND (relay_lease_until IS NULL OR relay_lease_until < clock_timestamp())
-    ORDER BY priority, id
-    LIMIT least($1, (SELECT n FROM capacity))
+    -- Each partner's oldest waiting rows, up to what is left of its share of the budget, so a
+    -- partner holding its share waits while the others go past it; then money first, by age.
+    SELECT id FROM webhooks WHERE id IN (
+        SELECT turn.id FROM partners p
+        CROSS JOIN LATERAL (
+            SELECT w.id, w.priority FROM webhooks w
+            WHERE w.partner_id = p.id AND w.status = 'received'
+              AND (w.relay_lease_until IS NULL OR w.relay_lease_until < clock_timestamp())
+            ORDER BY w.priority, w.id
+            LIMIT least($1, greatest(0, $4 - coalesce(
+                (SELECT n FROM in_flight WHERE in_flight.partner_id = p.id), 0)))
+        ) turn
+        ORDER BY turn.priority, turn.id
+        LIMIT least($1, (SELECT n FROM capacity))
+    )
     FOR UPDATE SKIP LOCKED
 ), waited_on AS (
     -- Earlier events that running workflows wait for (per-entity order) are claimed even at
@@ -91,6 +114,9 @@ class InboxRelay(NotifiedRelay):
         self._client = client
         self._settings = settings
         self._starts = asyncio.Semaphore(settings.relay_start_concurrency)
+        self._partner_max_in_flight = max(
+            1, math.ceil(settings.relay_max_in_flight * settings.relay_partner_share)
+        )
         self._depth_reported_at = 0.0
 
     async def drain(self) -> int:
@@ -102,6 +128,8 @@ class InboxRelay(NotifiedRelay):
                 self._settings.relay_batch_size,
                 self._settings.relay_max_in_flight,
                 float(LEASE_SECONDS),
+                self._partner_max_in_flight,
+                self._settings.relay_stalled_after_seconds,
             )
             if not rows:
                 return total

@@ -24,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from core.db import connect_pool, migrate
+from core.formats import IDENTIFIER_FORMAT
 from core.settings import Settings
 from core.signing import sign_headers
 from devstack.ports import free_port
@@ -128,6 +129,10 @@ class Partner:
     secret: str
     http: httpx.AsyncClient
     sent: int = field(default=0)
+    onboarding: asyncpg.Pool | None = None
+    """If set, each merchant a webhook names is first created and linked to this partner, as an
+    operator onboarding it would (tests not about tenancy need not care)."""
+    onboarded: set[str] = field(default_factory=set)
 
     def envelope(self, event_type: str, **data: Any) -> bytes:
         return json.dumps({"type": event_type, "data": data}).encode()
@@ -143,6 +148,8 @@ class Partner:
     ) -> httpx.Response:
         """Sign ``body`` (fresh webhook id unless given) and POST it to the ingress."""
         self.sent += 1
+        if self.onboarding is not None:
+            await self._onboard(body)
         webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
         signed = sign_headers(self.secret, webhook_id, body, now=timestamp or int(time.time()))
         return await self.http.post(
@@ -150,6 +157,24 @@ class Partner:
             content=body,
             headers={"content-type": content_type, **signed, **(headers or {})},
         )
+
+    async def _onboard(self, body: bytes) -> None:
+        assert self.onboarding is not None
+        try:
+            merchant = json.loads(body)["data"]["merchant_id"]
+        except (ValueError, TypeError, KeyError):
+            return
+        if not isinstance(merchant, str) or merchant in self.onboarded:
+            return
+        if IDENTIFIER_FORMAT.fullmatch(merchant):
+            await self.onboarding.execute(
+                "WITH m AS (INSERT INTO merchants (id) VALUES ($1) ON CONFLICT DO NOTHING)"
+                " INSERT INTO merchant_partners (merchant_id, partner_id, linked_by)"
+                " VALUES ($1, $2, 'tests') ON CONFLICT DO NOTHING",
+                merchant,
+                self.id,
+            )
+        self.onboarded.add(merchant)
 
     async def send(self, event_type: str, *, webhook_id: str | None = None, **data: Any) -> str:
         """Send one event and return its event id, asserting it was accepted."""
@@ -159,14 +184,20 @@ class Partner:
         return event_id
 
 
-async def add_partner(pool: asyncpg.Pool, http: httpx.AsyncClient, **options: Any) -> Partner:
-    """Register a partner with a unique id and return it, ready to send to ``http``."""
-    from api.partners import create_partner
+async def add_partner(
+    pool: asyncpg.Pool, http: httpx.AsyncClient, *, onboarding: bool = True, **options: Any
+) -> Partner:
+    """Register a partner with a unique id and return it, ready to send to ``http``.
+
+    With ``onboarding`` (the default) the merchants it names are linked to it before it sends;
+    tenancy tests turn that off and link merchants themselves.
+    """
+    from core.tenancy import create_partner
 
     partner_id = f"p-{uuid.uuid4().hex[:10]}"
     async with pool.acquire() as conn:
         secret = await create_partner(conn, partner_id, partner_id, **options)
-    return Partner(partner_id, secret, http)
+    return Partner(partner_id, secret, http, onboarding=pool if onboarding else None)
 
 
 async def wait_for_status(

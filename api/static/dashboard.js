@@ -135,7 +135,7 @@ function accept(event, live) {
     if (event.type === "payment.succeeded" && t) { t.volume += data.amount || 0; t.succeeded += 1; }
     else if (event.type === "payment.failed" && t) t.failed += 1;
     else if (event.type === "refund.succeeded" && t) t.refunded += data.amount || 0;
-    else if (event.type === "balance.updated" && data.currency) state.balances.set(data.currency, data);
+    else if (event.type === "balance.updated" && data.currency) state.balances.set(balanceKey(data), data);
   }
   state.received += 1;
   state.ring.push(event);
@@ -183,14 +183,18 @@ function kpi(label, value, sub = "") {
     el("div", { class: "sub" }, sub));
 }
 
+// Each partner of the merchant reports its own balance per currency.
+function balanceKey(b) { return `${b.partner_id} ${b.currency}`; }
+
 function renderKpis() {
   const cards = [];
   for (const [currency, t] of [...state.totals].sort()) {
     cards.push(kpi(`Volume ${currency}`, money(t.volume, currency), `${t.succeeded.toLocaleString()} payments`));
     cards.push(kpi(`Refunded ${currency}`, money(t.refunded, currency), `${t.failed.toLocaleString()} failed payments`));
   }
-  for (const [currency, b] of [...state.balances].sort()) {
-    cards.push(kpi(`Balance ${currency}`, money(b.available, currency), `${money(b.pending, currency)} pending`));
+  for (const [, b] of [...state.balances].sort()) {
+    const where = state.balances.size > 1 ? ` · ${b.partner_id}` : "";
+    cards.push(kpi(`Balance ${b.currency}${where}`, money(b.available, b.currency), `${money(b.pending, b.currency)} pending`));
   }
   if (!cards.length) cards.push(kpi("Volume", "–", "no payments yet"));
   $("kpis").replaceChildren(...cards);
@@ -207,7 +211,7 @@ async function loadSnapshot() {
   for (const t of snapshot.totals) {
     state.totals.set(t.currency, { volume: t.volume, refunded: t.refunded, succeeded: t.payments_succeeded, failed: t.payments_failed });
   }
-  for (const b of snapshot.balances) state.balances.set(b.currency, b);
+  for (const b of snapshot.balances) state.balances.set(balanceKey(b), b);
   for (const event of snapshot.events) accept(event, false);
   state.lastSeq = snapshot.head_seq;  // totals are exactly the effect of events up to here
   state.needsSync = false;

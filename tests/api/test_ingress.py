@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from core.signing import sign_headers
+from core.signing import generate_secret, sign_headers
 from tests.support import Partner, add_partner, running_api, wait_settled
 
 PAYMENT = {"payment_id": "pay_1", "merchant_id": "m_1", "amount": 100, "currency": "EUR"}
@@ -57,10 +58,18 @@ async def test_valid_webhook_is_recorded_before_the_202(
 
 
 @pytest.mark.parametrize("partner_id", ["nobody", "%00", "a%20b", "x" * 64])
-async def test_unknown_partner_is_404(http: httpx.AsyncClient, partner_id: str) -> None:
-    """A webhook for a partner that does not (or cannot) exist is refused with 404."""
-    response = await http.post(f"/webhooks/{partner_id}", content=payment_body())
-    assert_problem(response, 404)
+async def test_unknown_partner_answers_like_a_bad_signature(
+    http: httpx.AsyncClient, partner: Partner, partner_id: str
+) -> None:
+    """A webhook for a partner that does not (or cannot) exist gets exactly the answer a known
+    partner's forged webhook gets, so partner ids cannot be enumerated."""
+    body = payment_body()
+    forged = sign_headers(generate_secret(), f"msg_{uuid.uuid4().hex}", body, now=int(time.time()))
+    forged["content-type"] = "application/json"
+    for_unknown = await http.post(f"/webhooks/{partner_id}", content=body, headers=forged)
+    for_known = await http.post(f"/webhooks/{partner.id}", content=body, headers=forged)
+    assert_problem(for_unknown, 401)
+    assert for_unknown.json() == for_known.json()
 
 
 @pytest.mark.parametrize(
@@ -112,6 +121,33 @@ async def test_timestamps_inside_tolerance_are_accepted(partner: Partner, skew: 
     assert response.status_code == 202
 
 
+def balance_body(as_of: str) -> bytes:
+    data = {"merchant_id": "m_1", "available": 1, "pending": 0, "currency": "EUR", "as_of": as_of}
+    return json.dumps({"type": "balance.updated", "data": data}).encode()
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z", "1999-12-31T23:59:59Z", "2026-01-01"],
+)
+async def test_balance_as_of_out_of_range_is_422(partner: Partner, as_of: str) -> None:
+    """An ``as_of`` that Postgres cannot store, from the distant past, or without a timezone."""
+    problem = assert_problem(await partner.post(balance_body(as_of)), 422)
+    assert "as_of" in str(problem["detail"])
+
+
+async def test_balance_as_of_beyond_the_clock_tolerance_is_422(
+    partner: Partner, settings: Settings
+) -> None:
+    """A future ``as_of`` would win last-writer-wins forever: only the clock skew is allowed."""
+    tolerance = settings.signature_tolerance_seconds
+    too_far = datetime.fromtimestamp(time.time() + tolerance + 60, UTC).isoformat()
+    within = datetime.fromtimestamp(time.time() + tolerance - 60, UTC).isoformat()
+    problem = assert_problem(await partner.post(balance_body(too_far)), 422)
+    assert "as_of" in str(problem["detail"])
+    assert (await partner.post(balance_body(within))).status_code == 202
+
+
 async def test_non_json_media_type_is_415(partner: Partner) -> None:
     """A body sent as text/plain is refused with 415."""
     assert_problem(await partner.post(payment_body(), content_type="text/plain"), 415)
@@ -132,7 +168,24 @@ async def test_non_json_media_type_is_415(partner: Partner) -> None:
         (b'{"type": "x", "data": {"v": 1e400}}', "not valid JSON"),
         (b'{"type": "x", "data": {"v": "\\u0000"}}', "NUL"),
         (b'{"type": "x", "data": {"v": "\\ud800"}}', "surrogate"),
-        (b"\xff\xfe\x00", "not valid JSON"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        # The Standard Webhooks body is UTF-8 text: no UTF-16 or UTF-32, no byte-order mark.
+        (payment_body().decode().encode("utf-16"), "not UTF-8"),
+        (payment_body().decode().encode("utf-16-le"), "not valid JSON"),
+        (payment_body().decode().encode("utf-32"), "not UTF-8"),
+        (b"\xef\xbb\xbf" + payment_body(), "byte-order mark"),
+        # One id format everywhere: nothing the operator API could not address.
+        (payment_body(merchant_id="a/b"), "data.merchant_id"),
+        (payment_body(merchant_id="m\u0000"), "data.merchant_id"),
+        (payment_body(merchant_id="m" * 300), "data.merchant_id"),
+        (payment_body(merchant_id="m x"), "data.merchant_id"),
+        (payment_body(payment_id="../p"), "data.payment_id"),
+        # One address, no list and no display name.
+        (payment_body(customer_email="a@x.example, b@y.example"), "data.customer_email"),
+        (payment_body(customer_email="Bank <a@x.example>"), "data.customer_email"),
+        (payment_body(customer_email="a@x.example\r\nBcc: c@z.example"), "data.customer_email"),
+        (payment_body(amount=2**64), "data.amount"),
+        (payment_body(amount=10**400), "data.amount"),
     ],
 )
 async def test_malformed_envelopes_are_422(partner: Partner, body: bytes, fragment: str) -> None:

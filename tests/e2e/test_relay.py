@@ -25,7 +25,9 @@ async def test_events_that_running_workflows_wait_for_are_started_at_capacity(
         ("evt_refund", "msg_r", "refund.succeeded", {"refund_id": "re_s", "amount": 40}, None),
     ]
     async with stores(isolated) as (pool, redis):
-        await pool.execute("INSERT INTO partners (id, name) VALUES ('p_s', 'p_s')")
+        await pool.execute(
+            "INSERT INTO partners (id, name, auto_onboard_merchants) VALUES ('p_s', 'p_s', true)"
+        )
         for event_id, webhook_id, event_type, data, lease in rows:
             envelope = {"type": event_type, "data": {**common, **data}}
             await pool.execute(
