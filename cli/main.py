@@ -43,12 +43,14 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 partners_app = typer.Typer(help="Manage partners and their signing secrets.", no_args_is_help=True)
-merchants_app = typer.Typer(help="Manage merchants.", no_args_is_help=True)
+merchants_app = typer.Typer(
+    help="Manage merchants and the partners linked to them.", no_args_is_help=True
+)
 dead_letters_app = typer.Typer(help="List and replay dead letters.", no_args_is_help=True)
 app.add_typer(partners_app, name="partners")
 app.add_typer(merchants_app, name="merchants")
 app.add_typer(dead_letters_app, name="dead-letters")
-api_keys_app = typer.Typer(help="Create operator API keys.", no_args_is_help=True)
+api_keys_app = typer.Typer(help="Create, list and revoke operator API keys.", no_args_is_help=True)
 app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(deliveries_app, name="deliveries")
@@ -68,7 +70,7 @@ def api() -> None:
     """Run the api (ingress, operator API, docs) with uvicorn."""
     import uvicorn
 
-    from api.app import SERVER_OPTIONS
+    from api.app import server_options
 
     settings = Settings()
     uvicorn.run(
@@ -77,7 +79,7 @@ def api() -> None:
         workers=settings.api_workers,
         host=settings.api_host,
         port=settings.api_port,
-        **SERVER_OPTIONS,
+        **server_options(settings),
     )
 
 
@@ -114,10 +116,19 @@ def partners_add(
     partner_id: Annotated[str, typer.Argument(help="Partner id (letters, digits, _ . -).")],
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
     rate_limit: Annotated[int | None, typer.Option(help="Webhooks per second.")] = None,
+    auto_onboard: Annotated[
+        bool,
+        typer.Option(help="Its webhooks create and link merchants no partner has yet."),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Create a partner and print its signing secret (shown once)."""
-    body = {"id": partner_id, "name": name, "rate_limit_per_second": rate_limit}
+    body = {
+        "id": partner_id,
+        "name": name,
+        "rate_limit_per_second": rate_limit,
+        "auto_onboard_merchants": auto_onboard,
+    }
     created = call(as_json, "POST", "/v1/partners", json=body)
     emit(as_json, created, f"Partner [bold]{created['id']}[/bold]\nSecret  {created['secret']}")
 
@@ -126,12 +137,13 @@ def partners_add(
 def partners_list(as_json: Json = False) -> None:
     """List partners."""
     partners = call(as_json, "GET", "/v1/partners")
-    table = Table("id", "name", "rate limit/s", "live secrets", "created")
+    table = Table("id", "name", "rate limit/s", "onboards merchants", "live secrets", "created")
     for p in partners:
         table.add_row(
             p["id"],
             p["name"],
             str(p["rate_limit_per_second"] or "default"),
+            "yes" if p["auto_onboard_merchants"] else "no",
             str(p["live_secrets"]),
             p["created_at"],
         )
@@ -164,31 +176,125 @@ def api_keys_add(
 ) -> None:
     """Create an operator API key with scopes and print it (shown once)."""
     created = call(as_json, "POST", "/v1/api-keys", json={"name": name, "scopes": scope})
-    emit(as_json, created, f"Key {created['key']}  scopes {', '.join(created['scopes'])}")
+    emit(
+        as_json,
+        created,
+        f"Key {created['key']}  id {created['id']}  scopes {', '.join(created['scopes'])}",
+    )
+
+
+@api_keys_app.command("list")
+def api_keys_list(as_json: Json = False) -> None:
+    """List API keys (never the keys themselves), revoked ones included."""
+    keys = call(as_json, "GET", "/v1/api-keys")
+    table = Table("id", "name", "scopes", "created", "revoked")
+    for key in keys:
+        table.add_row(
+            str(key["id"]),
+            key["name"],
+            ", ".join(key["scopes"]),
+            key["created_at"],
+            key["revoked_at"] or "",
+        )
+    emit(as_json, keys, table)
+
+
+@api_keys_app.command("revoke")
+def api_keys_revoke(key_id: int, as_json: Json = False) -> None:
+    """Revoke an API key at once (audited)."""
+    revoked = call(as_json, "DELETE", f"/v1/api-keys/{key_id}")
+    emit(as_json, revoked, f"Key {revoked['id']} ({revoked['name']}) revoked")
 
 
 @merchants_app.command("add")
 def merchants_add(
     merchant_id: str,
     name: Annotated[str | None, typer.Option()] = None,
-    email: Annotated[str | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option(help="Where sale notices go.")] = None,
+    partner: Annotated[
+        list[str] | None, typer.Option(help="A partner that processes for it; repeatable.")
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Create (or update) a merchant."""
-    merchant = call(
-        as_json, "POST", "/v1/merchants", json={"id": merchant_id, "name": name, "email": email}
+    """Create a merchant, linked to the partners that process for it."""
+    body = {"id": merchant_id, "name": name, "email": email, "partners": partner or []}
+    merchant = call(as_json, "POST", "/v1/merchants", json=body)
+    emit(as_json, merchant, _merchant_summary(merchant))
+
+
+@merchants_app.command("update")
+def merchants_update(
+    merchant_id: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option()] = None,
+    clear_email: Annotated[bool, typer.Option(help="Remove the email address.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Change a merchant's name or email; what is not given stays as it is."""
+    changes: dict[str, str | None] = {}
+    if name is not None:
+        changes["name"] = name
+    if email is not None or clear_email:
+        changes["email"] = email
+    merchant = call(as_json, "PATCH", f"/v1/merchants/{merchant_id}", json=changes)
+    emit(as_json, merchant, _merchant_summary(merchant))
+
+
+@merchants_app.command("show")
+def merchants_show(merchant_id: str, as_json: Json = False) -> None:
+    """A merchant with its partners and the balances each reports."""
+    merchant = call(as_json, "GET", f"/v1/merchants/{merchant_id}")
+    emit(as_json, merchant, _merchant_summary(merchant))
+
+
+@merchants_app.command("link")
+def merchants_link(merchant_id: str, partner_id: str, as_json: Json = False) -> None:
+    """Link a partner to a merchant; its parked webhooks for the merchant run again."""
+    linked = call(as_json, "PUT", f"/v1/merchants/{merchant_id}/partners/{partner_id}")
+    state = "linked" if linked["created"] else "already linked"
+    emit(
+        as_json,
+        linked,
+        f"{partner_id} {state} to {merchant_id}; {len(linked['replayed'])} parked webhook(s)"
+        " replayed",
     )
-    emit(as_json, merchant, f"Merchant [bold]{merchant['id']}[/bold]")
+
+
+@merchants_app.command("unlink")
+def merchants_unlink(merchant_id: str, partner_id: str, as_json: Json = False) -> None:
+    """Unlink a partner: its later webhooks for the merchant are parked."""
+    call(as_json, "DELETE", f"/v1/merchants/{merchant_id}/partners/{partner_id}")
+    emit(
+        as_json,
+        {"merchant_id": merchant_id, "partner_id": partner_id, "linked": False},
+        f"{partner_id} unlinked from {merchant_id}",
+    )
 
 
 @merchants_app.command("list")
 def merchants_list(as_json: Json = False) -> None:
-    """List merchants with their latest event sequence number."""
+    """List merchants with their partners and latest event sequence number."""
     merchants = call(as_json, "GET", "/v1/merchants")
-    table = Table("id", "name", "email", "last seq")
+    table = Table("id", "name", "email", "partners", "last seq")
     for m in merchants:
-        table.add_row(m["id"], m["name"] or "", m["email"] or "", str(m["last_seq"]))
+        table.add_row(
+            m["id"], m["name"] or "", m["email"] or "", ", ".join(m["partners"]), str(m["last_seq"])
+        )
     emit(as_json, merchants, table)
+
+
+def _merchant_summary(merchant: dict[str, Any]) -> str:
+    lines = [
+        f"Merchant [bold]{merchant['id']}[/bold]  {merchant['name'] or ''}",
+        f"Email     {merchant['email'] or '-'}",
+        f"Partners  {', '.join(merchant['partners']) or '- (webhooks for it are parked)'}",
+    ]
+    lines += [
+        f"Balance   {b['currency']} {b['available']} ({b['pending']} pending),"
+        f" from {b['partner_id']}"
+        for b in merchant["balances"]
+    ]
+    return "\n".join(lines)
 
 
 # -- webhooks ----------------------------------------------------------------------------------

@@ -86,3 +86,40 @@ def test_unreachable_api_is_a_clean_error(tmp_path: Any) -> None:
     )
     assert result.exit_code == 1
     assert "cannot reach the api at http://127.0.0.1:9" in json.loads(result.output)["error"]
+
+
+async def test_merchant_partner_and_key_commands(cli: Any) -> None:
+    """Create a partner and a merchant linked to it, change the merchant, unlink and link again,
+    then create, list and revoke an API key: every step as JSON."""
+    partner_id = f"cli-{uuid.uuid4().hex[:8]}"
+    merchant_id = f"m-cli-{uuid.uuid4().hex[:8]}"
+    assert (await cli("partners", "add", partner_id, "--auto-onboard", "--json")).exit_code == 0
+    listed = json.loads((await cli("partners", "list", "--json")).output)
+    assert [p["auto_onboard_merchants"] for p in listed if p["id"] == partner_id] == [True]
+    added = await cli(
+        "merchants",
+        "add",
+        merchant_id,
+        "--email",
+        "o@shop.example",
+        "--partner",
+        partner_id,
+        "--json",
+    )
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.output)["partners"] == [partner_id]
+    again = await cli("merchants", "add", merchant_id, "--json")
+    assert again.exit_code != 0 and "409" in again.output
+    updated = await cli("merchants", "update", merchant_id, "--name", "Shop", "--json")
+    assert json.loads(updated.output)["email"] == "o@shop.example"
+    assert json.loads(updated.output)["name"] == "Shop"
+    assert (await cli("merchants", "unlink", merchant_id, partner_id, "--json")).exit_code == 0
+    shown = json.loads((await cli("merchants", "show", merchant_id, "--json")).output)
+    assert shown["partners"] == []
+    linked = json.loads((await cli("merchants", "link", merchant_id, partner_id, "--json")).output)
+    assert linked["created"] is True
+    key = json.loads((await cli("api-keys", "add", "cli-ops", "--scope", "read", "--json")).output)
+    keys = json.loads((await cli("api-keys", "list", "--json")).output)
+    assert key["id"] in [k["id"] for k in keys]
+    revoked = json.loads((await cli("api-keys", "revoke", str(key["id"]), "--json")).output)
+    assert revoked["revoked_at"] is not None
