@@ -167,13 +167,17 @@ class Partner:
         if not isinstance(merchant, str) or merchant in self.onboarded:
             return
         if IDENTIFIER_FORMAT.fullmatch(merchant):
-            await self.onboarding.execute(
-                "WITH m AS (INSERT INTO merchants (id) VALUES ($1) ON CONFLICT DO NOTHING)"
-                " INSERT INTO merchant_partners (merchant_id, partner_id, linked_by)"
-                " VALUES ($1, $2, 'tests') ON CONFLICT DO NOTHING",
-                merchant,
-                self.id,
-            )
+            try:
+                async with asyncio.timeout(2):
+                    await self.onboarding.execute(
+                        "WITH m AS (INSERT INTO merchants (id) VALUES ($1) ON CONFLICT DO NOTHING)"
+                        " INSERT INTO merchant_partners (merchant_id, partner_id, linked_by)"
+                        " VALUES ($1, $2, 'tests') ON CONFLICT DO NOTHING",
+                        merchant,
+                        self.id,
+                    )
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return  # Postgres is down (a fault test): the ingress will say so; next time
         self.onboarded.add(merchant)
 
     async def send(self, event_type: str, *, webhook_id: str | None = None, **data: Any) -> str:
