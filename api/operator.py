@@ -30,6 +30,7 @@ from api.schemas import (
     PartnerIn,
     PartnerLinked,
     PartnerOut,
+    PartnerPatch,
     ReplayFilter,
     ReplayResult,
     SecretRotated,
@@ -47,6 +48,7 @@ from core.tenancy import (
     link_partner,
     unlink_partner,
     update_merchant,
+    update_partner,
 )
 
 __all__ = ["replay", "router"]
@@ -302,11 +304,18 @@ async def revoke_key(
 
 @router.get("/partners", dependencies=[Admin], response_model=list[PartnerOut])
 async def list_partners(pool: Pool) -> list[PartnerOut]:
+    """Partners with their settings and how many of their secrets are live."""
+    return await _partners(pool)
+
+
+async def _partners(pool: asyncpg.Pool, partner_id: str | None = None) -> list[PartnerOut]:
     rows = await pool.fetch(
         "SELECT p.id, p.name, p.rate_limit_per_second, p.auto_onboard_merchants, p.created_at,"
         " count(s.id) AS live_secrets"
         " FROM partners p LEFT JOIN partner_secrets s ON s.partner_id = p.id"
-        " AND (s.expires_at IS NULL OR s.expires_at > now()) GROUP BY p.id ORDER BY p.id"
+        " AND (s.expires_at IS NULL OR s.expires_at > now())"
+        " WHERE $1::text IS NULL OR p.id = $1 GROUP BY p.id ORDER BY p.id",
+        partner_id,
     )
     return [PartnerOut(**dict(row)) for row in rows]
 
@@ -324,6 +333,24 @@ async def add_partner(partner: PartnerIn, pool: Pool, operator: AdminOperator) -
             actor=operator.actor,
         )
     return PartnerCreated(id=partner.id, secret=secret)
+
+
+@router.patch("/partners/{partner_id}", response_model=PartnerOut)
+async def change_partner(
+    partner_id: Annotated[str, Path(max_length=64)],
+    changes: PartnerPatch,
+    request: Request,
+    pool: Pool,
+    operator: AdminOperator,
+) -> PartnerOut:
+    """Change a partner's name, rate limit or merchant onboarding; only the fields sent."""
+    async with pool.acquire() as conn:
+        await update_partner(
+            conn, partner_id, changes.model_dump(exclude_unset=True), actor=operator.actor
+        )
+    request.app.state.ingress.partners.forget(partner_id)
+    (partner,) = await _partners(pool, partner_id)
+    return partner
 
 
 @router.post("/partners/{partner_id}/secrets", dependencies=[Admin], response_model=SecretRotated)

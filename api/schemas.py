@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from core.formats import EmailAddress, Identifier, PartnerId
 
@@ -34,6 +34,7 @@ __all__ = [
     "PartnerIn",
     "PartnerLinked",
     "PartnerOut",
+    "PartnerPatch",
     "ReplayFilter",
     "ReplayResult",
     "SecretRotated",
@@ -83,6 +84,23 @@ class PartnerIn(BaseModel):
         description="Let this partner's webhooks create and link merchants never seen before. "
         "Off by default: merchants are then created and linked by an operator.",
     )
+
+
+class PartnerPatch(BaseModel):
+    """Only the fields sent are changed; ``rate_limit_per_second: null`` restores the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    rate_limit_per_second: Annotated[StrictInt, Field(gt=0, le=1_000_000)] | None = None
+    auto_onboard_merchants: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _only_the_rate_limit_clears(self) -> PartnerPatch:
+        for name in ("name", "auto_onboard_merchants"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
 
 
 class PartnerCreated(BaseModel):

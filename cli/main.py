@@ -133,6 +133,38 @@ def partners_add(
     emit(as_json, created, f"Partner [bold]{created['id']}[/bold]\nSecret  {created['secret']}")
 
 
+@partners_app.command("update")
+def partners_update(
+    partner_id: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    rate_limit: Annotated[int | None, typer.Option(help="Webhooks per second.")] = None,
+    default_rate_limit: Annotated[
+        bool, typer.Option(help="Use SWITCHBOARD_PARTNER_RATE_LIMIT_PER_SECOND again.")
+    ] = False,
+    auto_onboard: Annotated[
+        bool | None,
+        typer.Option(help="Whether its webhooks create and link merchants no partner has yet."),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Change a partner's settings; what is not given stays as it is."""
+    changes: dict[str, object] = {}
+    if name is not None:
+        changes["name"] = name
+    if rate_limit is not None or default_rate_limit:
+        changes["rate_limit_per_second"] = rate_limit
+    if auto_onboard is not None:
+        changes["auto_onboard_merchants"] = auto_onboard
+    partner = call(as_json, "PATCH", f"/v1/partners/{partner_id}", json=changes)
+    emit(
+        as_json,
+        partner,
+        f"Partner [bold]{partner['id']}[/bold]  rate limit"
+        f" {partner['rate_limit_per_second'] or 'default'}/s, onboards merchants:"
+        f" {'yes' if partner['auto_onboard_merchants'] else 'no'}",
+    )
+
+
 @partners_app.command("list")
 def partners_list(as_json: Json = False) -> None:
     """List partners."""

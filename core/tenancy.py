@@ -25,6 +25,7 @@ __all__ = [
     "onboard_merchant",
     "unlink_partner",
     "update_merchant",
+    "update_partner",
 ]
 
 
@@ -67,6 +68,46 @@ async def create_partner(
         onboarding = "onboards new merchants" if auto_onboard_merchants else "linked merchants only"
         await audit(conn, "partner", partner_id, None, "created", actor=actor, reason=onboarding)
     return secret
+
+
+async def update_partner(
+    conn: Connection, partner_id: str, changes: Mapping[str, object], *, actor: str
+) -> asyncpg.Record:
+    """Change only the given settings of a partner (``name``, ``rate_limit_per_second``,
+    ``auto_onboard_merchants``), audited; 404 if there is no such partner."""
+    assert set(changes) <= {"name", "rate_limit_per_second", "auto_onboard_merchants"}
+    async with conn.transaction():
+        before = await conn.fetchrow("SELECT * FROM partners WHERE id = $1 FOR UPDATE", partner_id)
+        if before is None:
+            raise OperatorError(404, f"no partner {partner_id!r}")
+        row = await conn.fetchrow(
+            "UPDATE partners SET name = CASE WHEN $2 THEN $3 ELSE name END,"
+            " rate_limit_per_second = CASE WHEN $4 THEN $5 ELSE rate_limit_per_second END,"
+            " auto_onboard_merchants = CASE WHEN $6 THEN $7 ELSE auto_onboard_merchants END"
+            " WHERE id = $1 RETURNING *",
+            partner_id,
+            "name" in changes,
+            changes.get("name"),
+            "rate_limit_per_second" in changes,
+            changes.get("rate_limit_per_second"),
+            "auto_onboard_merchants" in changes,
+            changes.get("auto_onboard_merchants"),
+        )
+        assert row is not None
+        changed = [
+            f"{field}={row[field]}" for field in sorted(changes) if before[field] != row[field]
+        ]
+        if changed:
+            await audit(
+                conn,
+                "partner",
+                partner_id,
+                "active",
+                "active",
+                actor=actor,
+                reason="changed " + ", ".join(changed),
+            )
+    return row
 
 
 async def create_merchant(

@@ -143,3 +143,36 @@ async def test_unstorable_values_are_422_without_database_text(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "0x00" not in response.text and "invalid byte sequence" not in response.text
+
+
+async def test_a_partners_onboarding_and_rate_limit_can_be_changed(
+    http: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    partner_id = unique("p-set")
+    assert (
+        await http.post("/v1/partners", json={"id": partner_id}, headers=ADMIN)
+    ).status_code == 201
+    changed = await http.patch(
+        f"/v1/partners/{partner_id}",
+        json={"auto_onboard_merchants": True, "rate_limit_per_second": 50},
+        headers=ADMIN,
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["auto_onboard_merchants"] is True
+    assert changed.json()["rate_limit_per_second"] == 50
+    back = await http.patch(
+        f"/v1/partners/{partner_id}", json={"rate_limit_per_second": None}, headers=ADMIN
+    )
+    assert back.json()["rate_limit_per_second"] is None
+    assert back.json()["auto_onboard_merchants"] is True
+    for bad in ({"auto_onboard_merchants": None}, {"auto_onboard_merchants": "yes"}, {"x": 1}):
+        refused = await http.patch(f"/v1/partners/{partner_id}", json=bad, headers=ADMIN)
+        assert refused.status_code == 422, bad
+    missing = await http.patch(f"/v1/partners/{unique('p')}", json={}, headers=ADMIN)
+    assert missing.status_code == 404
+    reasons = [row[3] for row in await audit_trail(pool, "partner", partner_id)]
+    assert reasons == [
+        "linked merchants only",
+        "changed auto_onboard_merchants=True, rate_limit_per_second=50",
+        "changed rate_limit_per_second=None",
+    ]

@@ -96,6 +96,11 @@ async def test_merchant_partner_and_key_commands(cli: Any) -> None:
     assert (await cli("partners", "add", partner_id, "--auto-onboard", "--json")).exit_code == 0
     listed = json.loads((await cli("partners", "list", "--json")).output)
     assert [p["auto_onboard_merchants"] for p in listed if p["id"] == partner_id] == [True]
+    updated_partner = await cli(
+        "partners", "update", partner_id, "--no-auto-onboard", "--rate-limit", "9", "--json"
+    )
+    assert json.loads(updated_partner.output)["auto_onboard_merchants"] is False
+    assert json.loads(updated_partner.output)["rate_limit_per_second"] == 9
     added = await cli(
         "merchants",
         "add",
