@@ -6,6 +6,8 @@ keeps them on ``app.state``; ``switchboard api`` serves it with uvicorn.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import dashboard, endpoints, ingress, operator
 from api.inbox import Inbox
+from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
 from api.problems import install_problem_handlers
 from api.ratelimit import RateLimiter
@@ -27,7 +30,7 @@ from core.logs import configure_logging
 from core.realtime import connect_redis
 from core.settings import Settings
 
-__all__ = ["SERVER_OPTIONS", "create_app", "create_app_from_environment"]
+__all__ = ["SERVER_OPTIONS", "create_app", "create_app_from_environment", "server_options"]
 
 # How uvicorn serves the api (and the benchmark's bare baseline app, so they compare fairly):
 # no WebSocket support, uvloop and httptools, our own JSON logging.
@@ -38,6 +41,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "http": "httptools",
     "timeout_graceful_shutdown": 10,
 }
+HEALTH_TIMEOUT = 0.5
+"""Longest /healthz waits on Postgres, so a balancer's probe gets an answer within a second."""
 
 DESCRIPTION = """
 Switchboard's partner ingress and operator API.
@@ -48,6 +53,25 @@ Switchboard's partner ingress and operator API.
 
 Errors are RFC 9457 `application/problem+json`.
 """
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How ``switchboard api`` serves: :data:`SERVER_OPTIONS` with the limits of
+    :mod:`api.limits` (connections, request head size and time, keep-alive).
+
+    The protocol is a ``functools.partial`` of a module-level class, so it pickles into the
+    worker processes of ``SWITCHBOARD_API_WORKERS > 1``.
+    """
+    return {
+        **SERVER_OPTIONS,
+        "http": functools.partial(
+            GuardedHttpToolsProtocol,
+            header_timeout=settings.header_timeout_seconds,
+            max_header_bytes=settings.max_header_bytes,
+        ),
+        "limit_concurrency": settings.api_max_connections,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+    }
 
 
 def create_app_from_environment() -> FastAPI:
@@ -62,10 +86,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await connect_pool(settings.database_url, size=settings.database_pool_size)
+        pool = await connect_pool(
+            settings.database_url,
+            size=settings.database_pool_size,
+            timeout=settings.database_timeout_seconds,
+        )
         # The rate limiter fails open, so a slow Redis must not hold acknowledgements for long.
         redis = connect_redis(settings.redis_url, timeout=0.5)
-        inbox = Inbox(pool, batch_max=settings.inbox_batch_max)
+        inbox = Inbox(
+            pool, batch_max=settings.inbox_batch_max, timeout=settings.database_timeout_seconds
+        )
         app.state.settings = settings
         app.state.pool = pool
         app.state.ingress = ingress.Ingress(
@@ -88,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.add_middleware(RequestLimits, settings=settings)
     app.include_router(ingress.router)
     app.include_router(operator.router)
     app.include_router(endpoints.router)
@@ -97,8 +128,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
     async def healthz() -> dict[str, str]:
         try:
-            await app.state.pool.fetchval("SELECT 1")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await app.state.pool.fetchval("SELECT 1")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
             raise Unavailable("the database is unreachable", retry_after=5) from error
         return {"status": "ok"}
 

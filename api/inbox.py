@@ -24,7 +24,7 @@ from core.errors import MalformedEnvelope, Unavailable, WebhookIdConflict
 __all__ = ["Inbox", "InboxEntry", "Recorded", "new_event_id"]
 
 log = logging.getLogger("switchboard.inbox")
-# A write stuck longer than this (lock wait, half-open connection) answers 503, not a hang.
+# A write stuck longer than this (lock wait, half-open or hung server) answers 503, not a hang.
 WRITE_TIMEOUT = 5.0
 
 _INSERT = """
@@ -87,9 +87,12 @@ class Recorded:
 class Inbox:
     """Group-committing writer of the ``webhooks`` table; see the module docstring."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batch_max: int = 500) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, batch_max: int = 500, timeout: float = WRITE_TIMEOUT
+    ) -> None:
         self._pool = pool
         self._batch_max = batch_max
+        self._timeout = timeout
         self._pending: list[tuple[InboxEntry, asyncio.Future[Recorded]]] = []
         self._has_pending = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -98,14 +101,24 @@ class Inbox:
         """Durably record ``entry``; a repeat of a recorded webhook returns its original id.
 
         Raises :class:`WebhookIdConflict` if the same webhook id came with another body, and
-        :class:`Unavailable` if Postgres cannot take the write right now.
+        :class:`Unavailable` if Postgres cannot take the write right now, or has not within
+        the write timeout (the webhook may then still be recorded: the partner's retry of it
+        is answered as a repeat).
         """
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_forever(), name="inbox-writer")
         future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, future))
+        pair = (entry, future)
+        self._pending.append(pair)
         self._has_pending.set()
-        return await future
+        try:
+            # Each request has its own deadline: behind a stuck batch it would wait for two.
+            async with asyncio.timeout(self._timeout):
+                return await future
+        except TimeoutError:
+            if pair in self._pending:
+                self._pending.remove(pair)
+            raise Unavailable("the inbox did not answer in time", retry_after=5) from None
 
     async def close(self) -> None:
         """Stop the writer task (pending requests fail with :class:`Unavailable`)."""
@@ -125,7 +138,8 @@ class Inbox:
             if not self._pending:
                 self._has_pending.clear()
             try:
-                results = await self._write(batch)
+                async with asyncio.timeout(self._timeout):
+                    results = await self._write(batch)
             except asyncpg.DataError as error:
                 # One unstorable row must not fail the webhooks written alongside it.
                 log.warning("inbox batch refused, writing its rows one by one: %r", error)
@@ -146,7 +160,8 @@ class Inbox:
         self, pair: tuple[InboxEntry, asyncio.Future[Recorded]]
     ) -> Recorded | Exception:
         try:
-            return (await self._write([pair]))[0]
+            async with asyncio.timeout(self._timeout):
+                return (await self._write([pair]))[0]
         except asyncpg.DataError as error:
             return MalformedEnvelope(f"the webhook cannot be stored: {error}")
         except Exception:
@@ -170,7 +185,7 @@ class Inbox:
                 [e.priority for e in entries],
                 [e.payload_json for e in entries],
                 [e.received_at for e in entries],
-                timeout=WRITE_TIMEOUT,
+                timeout=self._timeout,
             )
         }
         repeats = [e for e in entries if e.event_id not in inserted]
@@ -180,7 +195,7 @@ class Inbox:
                 _EXISTING,
                 [e.partner_id for e in repeats],
                 [e.webhook_id for e in repeats],
-                timeout=WRITE_TIMEOUT,
+                timeout=self._timeout,
             )
             existing = {(row["partner_id"], row["webhook_id"]): row for row in rows}
         return [self._outcome(entry, inserted, existing) for entry in entries]

@@ -1,7 +1,8 @@
 """Partner ingress: ``POST /webhooks/{partner_id}``.
 
 In order: JSON media type (415), body size capped while reading (413) and given
-``body_timeout_seconds`` to arrive (408), Standard Webhooks signature (401, also for an unknown
+``body_timeout_seconds`` to arrive (408; both enforced by :mod:`api.limits` for every route),
+Standard Webhooks signature (401, also for an unknown
 partner, so that partner ids cannot be probed; 400 for a stale timestamp), per-partner rate
 limit (429), envelope and event data (422), then a durable inbox write (202, or 200 for a
 repeat, 409 for a reused id with another body, 503 if Postgres cannot take it). Nothing here
@@ -11,7 +12,6 @@ never delays an ack.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -31,10 +31,8 @@ from api.ratelimit import RateLimiter
 from api.schemas import WebhookAccepted
 from core.contracts import entity_key, priority_of
 from core.errors import (
-    BodyTimeout,
     IngressError,
     MalformedEnvelope,
-    PayloadTooLarge,
     RateLimited,
     UnsupportedMediaType,
 )
@@ -66,13 +64,8 @@ class Ingress:
         partner = await self.partners.get(partner_id)
         if not _is_json(request.headers.get("content-type", "")):
             raise UnsupportedMediaType("send the webhook as application/json")
-        try:
-            async with asyncio.timeout(self.settings.body_timeout_seconds):
-                body = await _read_capped(request, self.settings.max_body_bytes)
-        except TimeoutError:
-            raise BodyTimeout(
-                f"the body did not arrive within {self.settings.body_timeout_seconds:g}s"
-            ) from None
+        # Capped while it streams and given body_timeout_seconds by api.limits (413, 408).
+        body = await request.body()
         now = time.time()
         verified = verify(
             partner.keys if partner else _NOBODYS_KEY,
@@ -166,21 +159,6 @@ async def receive_webhook(
 def _is_json(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or media_type.endswith("+json")
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """Read the body, refusing it as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json(body: bytes) -> Any:

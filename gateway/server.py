@@ -11,7 +11,11 @@ query string is refused.
 
 Compression is off (no permessage-deflate: no compression bombs, no CRIME-style leaks), client
 messages are capped at ``gateway_max_message_bytes`` (1009 above), and keepalive pings close
-dead peers after ``gateway_ping_interval_seconds + gateway_ping_timeout_seconds``.
+dead peers after ``gateway_ping_interval_seconds + gateway_ping_timeout_seconds``. The HTTP side
+(every handshake, ``/healthz`` and ``/metrics`` included) must be complete within
+``gateway_open_timeout_seconds`` of connecting, with request lines and headers of at most 8 KiB
+each and 128 headers (``websockets``' limits) and no body; otherwise the connection is closed.
+``/healthz`` answers 503 while Redis is unreachable.
 
 On SIGTERM every connection is closed with 1012 so clients reconnect, with backoff and jitter,
 to another instance and resume from their last seq.
@@ -131,7 +135,7 @@ class Gateway:
             max_queue=4,
             ping_interval=settings.gateway_ping_interval_seconds,
             ping_timeout=settings.gateway_ping_timeout_seconds,
-            open_timeout=10,
+            open_timeout=settings.gateway_open_timeout_seconds,
             close_timeout=CLOSE_TIMEOUT_SECONDS,
             server_header=None,
         )
@@ -167,7 +171,10 @@ class Gateway:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         if path == "/healthz":
-            return _json_response(connection, http.HTTPStatus.OK, self.health())
+            health = self.health()
+            # Degraded (Redis unreachable) is 503, so a balancer takes this instance out.
+            status = http.HTTPStatus.OK if health["status"] == "ok" else 503
+            return _json_response(connection, status, health)
         if path == "/metrics":
             response = connection.respond(http.HTTPStatus.OK, generate_latest().decode())
             response.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -234,7 +241,7 @@ class Gateway:
         return response
 
     def health(self) -> dict[str, object]:
-        """What ``/healthz`` answers: always 200 while serving; Redis state for readiness."""
+        """What ``/healthz`` answers: 200 with ``"status": "ok"``, or 503 while degraded."""
         return {
             "status": "ok" if self.subscriber.connected else "degraded",
             "redis": self.subscriber.connected,
