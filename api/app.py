@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -24,7 +23,7 @@ from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
 from api.problems import install_problem_handlers
 from api.ratelimit import RateLimiter
-from core.db import connect_pool
+from core.db import DATABASE_UNREACHABLE, connect_pool
 from core.errors import Unavailable
 from core.logs import configure_logging
 from core.realtime import connect_redis
@@ -130,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
                 await app.state.pool.fetchval("SELECT 1")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+        except DATABASE_UNREACHABLE as error:
             raise Unavailable("the database is unreachable", retry_after=5) from error
         return {"status": "ok"}
 

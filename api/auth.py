@@ -14,7 +14,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, Request
@@ -29,6 +29,7 @@ __all__ = [
     "SCOPES",
     "Operator",
     "Scope",
+    "authenticate",
     "create_api_key",
     "key_actor",
     "require",
@@ -95,11 +96,12 @@ class Operator:
 BOOTSTRAP_ACTOR = "api-key:bootstrap"
 
 
-async def _operator_of(request: Request, key: str) -> Operator | None:
-    admin_key: str = request.app.state.settings.admin_api_key.get_secret_value()
+async def authenticate(app_state: Any, key: str) -> Operator | None:
+    """The operator an API key belongs to, or ``None`` if it is unknown or revoked."""
+    admin_key: str = app_state.settings.admin_api_key.get_secret_value()
     if hmac.compare_digest(key.encode(), admin_key.encode()):
         return Operator(BOOTSTRAP_ACTOR, frozenset(SCOPES))
-    row = await request.app.state.pool.fetchrow(
+    row = await app_state.pool.fetchrow(
         "SELECT id, name, scopes FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL",
         hashlib.sha256(key.encode()).digest(),
     )
@@ -123,7 +125,10 @@ def require(scope: Scope) -> Callable[..., Awaitable[Operator]]:
     ) -> Operator:
         if credentials is None or not credentials.credentials:
             raise OperatorError(401, "send an operator API key as 'Authorization: Bearer <key>'")
-        operator = await _operator_of(request, credentials.credentials)
+        # A request with a body was authenticated before its body was read (api.limits).
+        operator: Operator | None = getattr(request.state, "operator", None)
+        if operator is None:
+            operator = await authenticate(request.app.state, credentials.credentials)
         if operator is None:
             raise OperatorError(401, "unknown or revoked API key")
         if scope not in operator.scopes:

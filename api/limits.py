@@ -12,8 +12,9 @@
   they stream (``max_body_bytes`` on the ingress, ``operator_max_body_bytes`` everywhere else;
   413 at once when ``Content-Length`` already says so) and given ``body_timeout_seconds`` from
   the end of the headers to arrive (408). ``/v1`` requests without an
-  ``Authorization: Bearer`` credential are refused (401) before anything is read; the key itself
-  is checked by :mod:`api.auth`. A client that leaves mid-body is logged in one line, at info.
+  ``Authorization: Bearer`` credential are refused (401) before anything is read, and the API
+  key of one with a body is checked (:func:`api.auth.authenticate`) before its body is read.
+  A client that leaves mid-body is logged in one line, at info.
 
 Every refusal is an RFC 9457 problem. ``api.app.server_options`` puts the protocol in uvicorn.
 """
@@ -32,7 +33,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from api.auth import authenticate
 from api.problems import problem
+from core.db import DATABASE_UNREACHABLE
 from core.errors import BodyTimeout, IngressError, PayloadTooLarge
 from core.settings import Settings
 
@@ -260,7 +263,7 @@ class _Exchange:
         self.needs_bearer = needs_bearer
         self.declared: int | None = None
         self.has_body = False
-        self.bearer = False
+        self.bearer: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 self.declared = int(value) if value.isdigit() else None
@@ -269,7 +272,8 @@ class _Exchange:
                 self.has_body = True
             elif name == b"authorization":
                 scheme, _, credentials = value.partition(b" ")
-                self.bearer = scheme.lower() == b"bearer" and bool(credentials.strip())
+                if scheme.lower() == b"bearer" and credentials.strip():
+                    self.bearer = credentials.strip().decode("latin-1")
         self.body_done = not self.has_body
         self.received = 0
         self.deadline = asyncio.get_running_loop().time() + body_timeout
@@ -281,6 +285,8 @@ class _Exchange:
         if self.needs_bearer and not self.bearer:
             detail = "send an operator API key as 'Authorization: Bearer <key>'"
             await self._answer(problem(401, "Unauthorized", detail))
+            return
+        if self.needs_bearer and self.has_body and not await self._authenticated():
             return
         if self.declared is not None and self.declared > self.max_body_bytes:
             self.refusal = self._too_large()
@@ -295,6 +301,31 @@ class _Exchange:
                 raise
         if self.refusal is not None and not self.response_started:
             await self._answer_refusal()
+
+    async def _authenticated(self) -> bool:
+        """Check the API key of a request with a body before reading it; answers if it fails.
+
+        (Requests without a body, which may carry a dashboard token instead, are checked by the
+        route.) The operator is kept for :func:`api.auth.require`, so the key is looked up once.
+        """
+        assert self.bearer is not None
+        try:
+            operator = await authenticate(self.scope["app"].state, self.bearer)
+        except DATABASE_UNREACHABLE:
+            await self._answer(
+                problem(
+                    503,
+                    "Service Unavailable",
+                    "API keys cannot be checked right now; retry later",
+                    headers={"Retry-After": "5"},
+                )
+            )
+            return False
+        if operator is None:
+            await self._answer(problem(401, "Unauthorized", "unknown or revoked API key"))
+            return False
+        self.scope.setdefault("state", {})["operator"] = operator
+        return True
 
     async def receive(self) -> Message:
         if self.body_done:

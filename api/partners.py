@@ -15,7 +15,7 @@ from datetime import datetime
 import asyncpg
 
 from api.secrets import rotate_owned_secret
-from core.db import Connection
+from core.db import DATABASE_UNREACHABLE, Connection
 from core.errors import OperatorError, Unavailable
 from core.formats import PARTNER_ID_FORMAT
 from core.signing import parse_secret
@@ -69,7 +69,7 @@ class PartnerDirectory:
         try:
             async with asyncio.timeout(self._timeout):
                 partner = await self._load(partner_id)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+        except DATABASE_UNREACHABLE as error:
             if cached is not None:
                 return cached[1]
             raise Unavailable("partners cannot be looked up right now", retry_after=5) from error

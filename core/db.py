@@ -13,12 +13,21 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["Connection", "connect_pool", "is_permanent", "migrate"]
+__all__ = ["DATABASE_UNREACHABLE", "Connection", "connect_pool", "is_permanent", "migrate"]
 
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 """A connection on its own or borrowed from a pool: queries accept either."""
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+"""What a read or write raises when Postgres is down, hung or refusing: catch these to answer
+503 (or serve from a cache) instead of failing."""
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

@@ -44,6 +44,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN
 
 from core.contracts import merchant_channel
+from core.db import DATABASE_UNREACHABLE
 from core.merchant_events import (
     encode_merchant_event,
     events_after,
@@ -72,7 +73,6 @@ EVENTS_FROM_REDIS = EVENTS_IN.labels("redis")
 EVENTS_FROM_POSTGRES = EVENTS_IN.labels("postgres")
 DROPPED_UNREADABLE = EVENTS_DROPPED.labels("unreadable")
 DROPPED_OTHER_MERCHANT = EVENTS_DROPPED.labels("other_merchant")
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 REPLAY_PAGE = 500
 SLOW_CLOSE_SECONDS = 2.0
 """A dropped slow client gets this long to read its close frame before the socket is reset."""
@@ -208,7 +208,7 @@ class Hub:
                 rows = await events_after(
                     self._pool, feed.merchant_id, sent, up_to=feed.head, limit=REPLAY_PAGE
                 )
-            except DATABASE_ERRORS as error:
+            except DATABASE_UNREACHABLE as error:
                 raise ResumeFailed(str(error)) from error
             if not rows:
                 raise ResumeFailed(f"events after {sent} up to {feed.head} are missing")
@@ -247,7 +247,7 @@ class Hub:
             if self.subscriber is not None:
                 await self.subscriber.subscribe(feed.channel)
             feed.head = await head_seq(self._pool, feed.merchant_id)
-        except DATABASE_ERRORS as error:
+        except DATABASE_UNREACHABLE as error:
             if self.feeds.get(feed.merchant_id) is feed:
                 self._release(feed)
             feed.started.set_exception(ResumeFailed(f"cannot start the feed: {error}"))
@@ -403,7 +403,7 @@ class Hub:
                     rows = await events_after(
                         self._pool, feed.merchant_id, feed.head, up_to=up_to, limit=REPLAY_PAGE
                     )
-            except DATABASE_ERRORS as error:
+            except DATABASE_UNREACHABLE as error:
                 log.warning("cannot fill a gap for %s from Postgres: %s", feed.merchant_id, error)
                 delay = min(5.0, max(0.5, delay * 2))
                 continue

@@ -42,13 +42,12 @@ from websockets.http11 import Request, Response
 
 from core.audit import record_alert, resolve_alert
 from core.dashboard_tokens import DashboardGrant, verify_dashboard_token
-from core.db import connect_pool
+from core.db import DATABASE_UNREACHABLE, connect_pool
 from core.errors import InvalidDashboardToken
 from core.logs import configure_logging
 from core.settings import Settings
 from gateway.admission import Admission, TokenBucket
 from gateway.hub import (
-    DATABASE_ERRORS,
     Hub,
     MerchantFull,
     ReplayTooLong,
@@ -362,7 +361,7 @@ class Gateway:
                 async with self._pool.acquire() as conn, conn.transaction():
                     await resolve_alert(conn, REDIS_ALERT_KEY, reason="Redis reachable again")
                 self._alert_recorded_at = None
-            except DATABASE_ERRORS as error:
+            except DATABASE_UNREACHABLE as error:
                 log.warning("cannot resolve the Redis alert yet: %s", error)
 
     def _redis_down(self) -> None:
@@ -372,7 +371,7 @@ class Gateway:
         try:
             await self.hub.resync_all()
             self._needs_resync = False
-        except DATABASE_ERRORS as error:
+        except DATABASE_UNREACHABLE as error:
             self._needs_resync = True
             log.warning("cannot refill feeds from Postgres (%s): %s", why, error)
 
@@ -414,7 +413,7 @@ class Gateway:
                 )
             self._alert_recorded_at = time.monotonic()
             log.error("Redis unreachable for %.0f s; alert raised", seconds_down)
-        except DATABASE_ERRORS as error:
+        except DATABASE_UNREACHABLE as error:
             log.error("Redis unreachable and the alert cannot be recorded: %s", error)
 
 

@@ -46,3 +46,21 @@ async def test_unknown_routes_are_404_problems(http: httpx.AsyncClient) -> None:
     response = await http.get("/nowhere")
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_bad_key_is_401_before_the_body_is_even_parsed(http: httpx.AsyncClient) -> None:
+    """Malformed JSON with an unknown key gets 401, not a 422 about the JSON: callers without a
+    key learn nothing about the route's validation."""
+    for body in (b"{not json", b'{"id": "ok"}'):
+        response = await http.post(
+            "/v1/partners",
+            content=body,
+            headers={"authorization": "Bearer sb_nope", "content-type": "application/json"},
+        )
+        assert response.status_code == 401, response.text
+    revoked_scope = await http.post(
+        "/v1/partners",
+        content=b"{not json",
+        headers={**ADMIN, "content-type": "application/json"},
+    )
+    assert revoked_scope.status_code == 422

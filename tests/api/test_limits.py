@@ -196,7 +196,7 @@ async def test_a_body_trickled_forever_is_cut_off(limited: Settings) -> None:
     async with guarded_api(limited) as port:
         peer = await Peer.connect(port)
         await peer.send(
-            b"POST /v1/partners HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer k\r\n"
+            b"POST /v1/partners HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer sb_dev_admin_key\r\n"
             b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
         )
         sender = asyncio.create_task(trickle(peer, b"x" * 100_000, every=0.05))
@@ -239,7 +239,7 @@ async def test_a_client_leaving_mid_body_is_one_info_line(
         for path in ("/webhooks/p-leaving", "/v1/partners"):
             peer = await Peer.connect(port)
             await peer.send(
-                f"POST {path} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer k\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer sb_dev_admin_key\r\n"
                 "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n".encode()
                 + b"x" * 2000
             )
