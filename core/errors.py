@@ -22,6 +22,8 @@
     non-retryable Temporal ``ApplicationError`` of this type).
   * :class:`DestinationRefused` — an outbound delivery URL or the address it resolves to is not a
     public destination (SSRF guard in :mod:`core.egress`); ``reason`` says which rule refused it.
+  * :class:`IllegalTransition` — code tried to move a row to a status its state machine
+    (:mod:`core.states`) does not allow from the current one: a bug, never a partner's fault.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "BodyTimeout",
     "DestinationRefused",
+    "IllegalTransition",
     "IngressError",
     "InvalidDashboardToken",
     "InvalidSignature",
@@ -133,3 +136,7 @@ class DestinationRefused(SwitchboardError):
         super().__init__(f"destination refused ({reason}): {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class IllegalTransition(SwitchboardError):
+    """A status change its :class:`core.states.Transitions` table does not draw."""
