@@ -21,7 +21,7 @@ from api import dashboard, endpoints, ingress, operator
 from api.inbox import Inbox
 from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
-from api.problems import install_problem_handlers
+from api.problems import ANY_REQUEST, install_problem_handlers, problems
 from api.ratelimit import RateLimiter
 from core.db import DATABASE_UNREACHABLE, connect_pool
 from core.errors import Unavailable
@@ -124,7 +124,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        summary="Liveness and database reachability",
+        responses=problems(*ANY_REQUEST, why={503: "The database is unreachable."}),
+    )
     async def healthz() -> dict[str, str]:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
@@ -133,7 +138,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise Unavailable("the database is unreachable", retry_after=5) from error
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=PlainTextResponse,
+        responses=problems(*ANY_REQUEST),
+    )
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -23,7 +23,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
 
 from api.auth import require
-from api.operator import Config
+from api.operator import OPERATOR_PROBLEMS, Config, single_valued_query
+from api.problems import problems
 from core.dashboard_tokens import issue_dashboard_token, verify_dashboard_token
 from core.errors import InvalidDashboardToken, OperatorError
 from core.merchant_events import events_after
@@ -38,7 +39,9 @@ _templates = Environment(
 )
 _bearer = HTTPBearer(auto_error=False, description="An operator API key or a dashboard token.")
 
-router = APIRouter(tags=["dashboard"])
+router = APIRouter(
+    tags=["dashboard"], dependencies=[Depends(single_valued_query)], responses=OPERATOR_PROBLEMS
+)
 
 
 class DashboardToken(BaseModel):
@@ -89,6 +92,7 @@ class SyncOut(BaseModel):
     dependencies=[Depends(require("read"))],
     response_model=DashboardToken,
     status_code=201,
+    responses=problems(404),
 )
 async def create_dashboard_token(
     merchant_id: str, request: Request, settings: Config
@@ -142,7 +146,8 @@ async def sync(
     merchant_id: str,
     request: Request,
     since_seq: Annotated[
-        int | None, Query(ge=0, description="Events after this seq; omit for the latest ones.")
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="Events after this seq; omit for the latest ones."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> SyncOut:

@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from activities.deliveries import DELIVERIES_CHANNEL
-from api.operator import Admin, Config, Pool, Read, Replay
+from api.operator import OPERATOR_PROBLEMS, Admin, Config, Pool, Read, Replay, single_valued_query
+from api.problems import problems
 from api.schemas import (
     DeliveryAttemptOut,
     DeliveryOut,
@@ -26,6 +27,7 @@ from api.schemas import (
     EndpointOut,
     EndpointPatch,
     EndpointSecretRotated,
+    IsoDateTime,
     ReplayResult,
 )
 from api.secrets import rotate_owned_secret
@@ -41,7 +43,12 @@ __all__ = ["MAX_LIVE_SECRETS", "router"]
 MAX_LIVE_SECRETS = 10
 DeliveryStatus = Literal["pending", "succeeded", "dead_lettered", "cancelled"]
 
-router = APIRouter(prefix="/v1", tags=["deliveries"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["deliveries"],
+    dependencies=[Depends(single_valued_query)],
+    responses=OPERATOR_PROBLEMS,
+)
 
 _ENDPOINT = """
 SELECT ep.*, coalesce((SELECT jsonb_object_agg(status, n) FROM (SELECT status, count(*) AS n
@@ -125,13 +132,23 @@ async def list_endpoints(
     return [_endpoint(row) for row in rows]
 
 
-@router.get("/endpoints/{endpoint_id}", dependencies=[Read], response_model=EndpointOut)
+@router.get(
+    "/endpoints/{endpoint_id}",
+    dependencies=[Read],
+    response_model=EndpointOut,
+    responses=problems(404),
+)
 async def get_endpoint(endpoint_id: str, pool: Pool) -> EndpointOut:
     """One endpoint: status, failure streak, circuit breaker and deliveries by status."""
     return _endpoint(await _get_endpoint(pool, endpoint_id))
 
 
-@router.patch("/endpoints/{endpoint_id}", dependencies=[Admin], response_model=EndpointOut)
+@router.patch(
+    "/endpoints/{endpoint_id}",
+    dependencies=[Admin],
+    response_model=EndpointOut,
+    responses=problems(404),
+)
 async def update_endpoint(
     endpoint_id: str, change: EndpointPatch, pool: Pool, settings: Config
 ) -> EndpointOut:
@@ -200,13 +217,23 @@ async def _set_status(
         return _endpoint(changed)
 
 
-@router.post("/endpoints/{endpoint_id}/pause", dependencies=[Admin], response_model=EndpointOut)
+@router.post(
+    "/endpoints/{endpoint_id}/pause",
+    dependencies=[Admin],
+    response_model=EndpointOut,
+    responses=problems(404, 409),
+)
 async def pause_endpoint(endpoint_id: str, pool: Pool) -> EndpointOut:
     """Hold deliveries to this endpoint (they are kept and go out on resume)."""
     return await _set_status(pool, endpoint_id, "paused", ("active",))
 
 
-@router.post("/endpoints/{endpoint_id}/resume", dependencies=[Admin], response_model=EndpointOut)
+@router.post(
+    "/endpoints/{endpoint_id}/resume",
+    dependencies=[Admin],
+    response_model=EndpointOut,
+    responses=problems(404, 409),
+)
 async def resume_endpoint(endpoint_id: str, pool: Pool) -> EndpointOut:
     """Resume a paused endpoint or re-enable a disabled one (failure streak cleared).
 
@@ -215,7 +242,12 @@ async def resume_endpoint(endpoint_id: str, pool: Pool) -> EndpointOut:
     return await _set_status(pool, endpoint_id, "active", ("active", "paused", "disabled"))
 
 
-@router.delete("/endpoints/{endpoint_id}", dependencies=[Admin], status_code=204)
+@router.delete(
+    "/endpoints/{endpoint_id}",
+    dependencies=[Admin],
+    status_code=204,
+    responses=problems(404, 409),
+)
 async def delete_endpoint(endpoint_id: str, pool: Pool) -> None:
     """Delete an endpoint: nothing more is sent to it; its pending deliveries are cancelled."""
     await _set_status(pool, endpoint_id, "deleted", ("active", "paused", "disabled"))
@@ -225,6 +257,7 @@ async def delete_endpoint(endpoint_id: str, pool: Pool) -> None:
     "/endpoints/{endpoint_id}/secret/rotate",
     dependencies=[Admin],
     response_model=EndpointSecretRotated,
+    responses=problems(404, 409),
 )
 async def rotate_endpoint_secret(
     endpoint_id: str,
@@ -270,6 +303,7 @@ async def rotate_endpoint_secret(
     "/endpoints/{endpoint_id}/attempts",
     dependencies=[Read],
     response_model=list[DeliveryAttemptOut],
+    responses=problems(404),
 )
 async def list_endpoint_attempts(
     endpoint_id: str, pool: Pool, limit: Annotated[int, Query(gt=0, le=1000)] = 100
@@ -291,8 +325,8 @@ async def list_deliveries(
     endpoint_id: str | None = None,
     event_id: str | None = None,
     status: DeliveryStatus | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDateTime | None = None,
+    until: IsoDateTime | None = None,
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
 ) -> list[DeliveryOut]:
     """Deliveries, newest first, with their attempt logs; filter by endpoint, event, status."""
@@ -314,7 +348,12 @@ async def list_event_deliveries(event_id: str, pool: Pool) -> list[DeliveryOut]:
     return await list_deliveries(pool, event_id=event_id, limit=1000)
 
 
-@router.post("/deliveries/{delivery_id}/replay", dependencies=[Replay], response_model=ReplayResult)
+@router.post(
+    "/deliveries/{delivery_id}/replay",
+    dependencies=[Replay],
+    response_model=ReplayResult,
+    responses=problems(404, 409),
+)
 async def replay_delivery(delivery_id: str, pool: Pool) -> ReplayResult:
     """Deliver a dead-lettered delivery again, with the same webhook-id (audited)."""
     async with pool.acquire() as conn:

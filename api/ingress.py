@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from api.inbox import Inbox, InboxEntry, new_event_id
 from api.partners import PartnerDirectory
+from api.problems import problems
 from api.ratelimit import RateLimiter
 from api.schemas import WebhookAccepted
 from core.contracts import entity_key, priority_of
@@ -39,7 +40,7 @@ from core.errors import (
 from core.events import BalanceUpdated, parse_envelope
 from core.metrics import ACK_LATENCY, WEBHOOKS_RECEIVED
 from core.settings import Settings
-from core.signing import verify
+from core.signing import MAX_ID_LENGTH, MAX_SIGNATURE_HEADER_LENGTH, MAX_TIMESTAMP_DIGITS, verify
 
 __all__ = ["Ingress", "router"]
 
@@ -120,6 +121,61 @@ async def get_ingress(request: Request) -> Ingress:
     return ingress
 
 
+def _header(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+# The route reads the raw body (the signature covers its exact bytes), so FastAPI cannot infer
+# the body and headers it takes: they are declared here.
+_SIGNED_REQUEST: dict[str, Any] = {
+    "parameters": [
+        _header(
+            "webhook-id",
+            "The webhook's id; a repeat with the same body is answered 200, not recorded again.",
+            {"minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": "^[!-~]+$"},
+        ),
+        _header(
+            "webhook-timestamp",
+            "Unix seconds when it was signed; must be within the tolerance of our clock.",
+            {"pattern": f"^[0-9]{{1,{MAX_TIMESTAMP_DIGITS}}}$"},
+        ),
+        _header(
+            "webhook-signature",
+            "Space-separated `v1,<base64 HMAC-SHA256>` signatures of `id.timestamp.body`.",
+            {"minLength": 1, "maxLength": MAX_SIGNATURE_HEADER_LENGTH},
+        ),
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "title": "WebhookEnvelope",
+                    "type": "object",
+                    "required": ["type", "data"],
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 128,
+                            "description": "The event type, e.g. payment.succeeded; known types "
+                            "have their data validated, others are recorded as received.",
+                        },
+                        "data": {"type": "object", "description": "The event's data."},
+                    },
+                }
+            }
+        },
+    },
+}
+
+
 @router.post(
     "/webhooks/{partner_id}",
     status_code=202,
@@ -127,16 +183,27 @@ async def get_ingress(request: Request) -> Ingress:
     summary="Receive a partner webhook (Standard Webhooks signed)",
     responses={
         200: {"model": WebhookAccepted, "description": "A repeat of a recorded webhook."},
-        400: {"description": "Timestamp outside the tolerance."},
-        401: {"description": "Missing or invalid signature, or an unknown partner."},
-        408: {"description": "The body arrived too slowly."},
-        409: {"description": "webhook-id reused with a different body."},
-        413: {"description": "Body larger than the limit."},
-        415: {"description": "Not application/json."},
-        422: {"description": "Malformed envelope or event data."},
-        429: {"description": "Rate limited; see Retry-After."},
-        503: {"description": "Cannot record durably right now; see Retry-After."},
+        **problems(
+            400,
+            401,
+            408,
+            409,
+            413,
+            415,
+            422,
+            429,
+            431,
+            503,
+            why={
+                400: "Timestamp outside the tolerance.",
+                401: "Missing or invalid signature, or an unknown partner.",
+                409: "webhook-id reused with a different body.",
+                422: "Malformed envelope or event data.",
+                503: "Cannot record durably right now; see Retry-After.",
+            },
+        ),
     },
+    openapi_extra=_SIGNED_REQUEST,
 )
 async def receive_webhook(
     request: Request,

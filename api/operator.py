@@ -13,9 +13,11 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 
 from api.auth import Operator, create_api_key, require, revoke_api_key
 from api.partners import rotate_secret
+from api.problems import ANY_REQUEST, problems
 from api.schemas import (
     Alert,
     ApiKeyCreated,
@@ -23,6 +25,7 @@ from api.schemas import (
     ApiKeyOut,
     DeadLetter,
     EventOut,
+    IsoDateTime,
     Merchant,
     MerchantIn,
     MerchantPatch,
@@ -38,7 +41,7 @@ from api.schemas import (
     TraceStep,
     WebhookTrace,
 )
-from core.contracts import webhook_workflow_id
+from core.contracts import WEBHOOK_TRANSITIONS, WebhookStatus, webhook_workflow_id
 from core.db import Connection
 from core.errors import OperatorError
 from core.settings import Settings
@@ -51,9 +54,34 @@ from core.tenancy import (
     update_partner,
 )
 
-__all__ = ["replay", "router"]
+__all__ = ["OPERATOR_PROBLEMS", "replay", "router", "single_valued_query"]
 
-router = APIRouter(prefix="/v1", tags=["operator"])
+
+async def single_valued_query(request: Request) -> None:
+    """Refuse a query parameter given more than once (``?since=a&since=b``): every operator
+    query parameter holds one value, and silently taking one of two is a guess (422)."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise RequestValidationError(
+            [
+                {"loc": ("query", key), "msg": "is given more than once", "type": "repeated"}
+                for key in repeated
+            ]
+        )
+
+
+OPERATOR_PROBLEMS = problems(
+    400, 401, 403, 422, *ANY_REQUEST, why={400: "The body is not UTF-8 JSON text."}
+)
+"""What every ``/v1`` route can answer: no or a bad key, a missing scope, an invalid request."""
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["operator"],
+    dependencies=[Depends(single_valued_query)],
+    responses=OPERATOR_PROBLEMS,
+)
 Read = Depends(require("read"))
 Replay = Depends(require("replay"))
 ReplayOperator = Annotated[Operator, Replay]
@@ -83,7 +111,12 @@ Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 Config = Annotated[Settings, Depends(_settings)]
 
 
-@router.get("/webhooks/{event_id}", dependencies=[Read], response_model=WebhookTrace)
+@router.get(
+    "/webhooks/{event_id}",
+    dependencies=[Read],
+    response_model=WebhookTrace,
+    responses=problems(404),
+)
 async def trace_webhook(event_id: str, pool: Pool, settings: Config) -> WebhookTrace:
     """Follow one webhook: received → recorded → workflow started → applied → published →
     each delivery (webhooks to endpoints, emails) with its outcome."""
@@ -155,7 +188,7 @@ def _expected_workflow_id(hook: asyncpg.Record) -> str | None:
 async def list_events(
     pool: Pool,
     merchant_id: str,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
 ) -> list[EventOut]:
     """A merchant's events in ``seq`` order, after ``after_seq``."""
@@ -174,8 +207,8 @@ async def list_dead_letters(
     pool: Pool,
     settings: Config,
     partner_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDateTime | None = None,
+    until: IsoDateTime | None = None,
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
 ) -> list[DeadLetter]:
     """Webhooks parked for an operator, newest first."""
@@ -217,7 +250,11 @@ async def _dead_letter_rows(
     return rows
 
 
-@router.post("/dead-letters/{event_id}/replay", response_model=ReplayResult)
+@router.post(
+    "/dead-letters/{event_id}/replay",
+    response_model=ReplayResult,
+    responses=problems(409, why={409: "Not a dead letter (or no such webhook)."}),
+)
 async def replay_one(event_id: str, pool: Pool, operator: ReplayOperator) -> ReplayResult:
     """Run a dead-lettered webhook again (a new workflow, audited)."""
     async with pool.acquire() as conn:
@@ -249,11 +286,13 @@ async def replay(conn: Connection, event_ids: list[str], *, actor: str) -> list[
     """Send dead letters back to the inbox for a fresh workflow run; returns those replayed."""
     async with conn.transaction():
         rows = await conn.fetch(
-            "UPDATE webhooks SET status = 'received', run_count = run_count + 1,"
+            "UPDATE webhooks SET status = $3, run_count = run_count + 1,"
             " relay_lease_until = NULL, workflow_started_at = NULL, processed_at = NULL,"
             " workflow_id = NULL, detail = NULL"
-            " WHERE event_id = ANY($1::text[]) AND status = 'dead_lettered' RETURNING event_id",
+            " WHERE event_id = ANY($1::text[]) AND status = $2 RETURNING event_id",
             event_ids,
+            WebhookStatus.DEAD_LETTERED,
+            WebhookStatus.RECEIVED,
         )
         replayed = [row["event_id"] for row in rows]
         if replayed:
@@ -264,10 +303,13 @@ async def replay(conn: Connection, event_ids: list[str], *, actor: str) -> list[
             )
             await conn.execute(
                 "INSERT INTO audit_log (entity_type, entity_id, from_state, to_state, actor,"
-                " reason, event_id) SELECT 'webhook', id, 'dead_lettered', 'received', $2,"
-                " 'replayed', id FROM unnest($1::text[]) AS id",
+                " reason, event_id) SELECT $3::text, id, $4::text, $5::text, $2, 'replayed', id"
+                " FROM unnest($1::text[]) AS id",
                 replayed,
                 actor,
+                WEBHOOK_TRANSITIONS.entity,
+                WebhookStatus.DEAD_LETTERED,
+                WebhookStatus.RECEIVED,
             )
             await conn.execute("NOTIFY switchboard_inbox")
     return replayed
@@ -292,7 +334,7 @@ async def list_api_keys(pool: Pool) -> list[ApiKeyOut]:
     return [ApiKeyOut(**dict(row)) for row in rows]
 
 
-@router.delete("/api-keys/{key_id}", response_model=ApiKeyOut)
+@router.delete("/api-keys/{key_id}", response_model=ApiKeyOut, responses=problems(404))
 async def revoke_key(
     key_id: Annotated[int, Path(ge=1, le=2**63 - 1)], pool: Pool, operator: AdminOperator
 ) -> ApiKeyOut:
@@ -320,7 +362,7 @@ async def _partners(pool: asyncpg.Pool, partner_id: str | None = None) -> list[P
     return [PartnerOut(**dict(row)) for row in rows]
 
 
-@router.post("/partners", response_model=PartnerCreated, status_code=201)
+@router.post("/partners", response_model=PartnerCreated, status_code=201, responses=problems(409))
 async def add_partner(partner: PartnerIn, pool: Pool, operator: AdminOperator) -> PartnerCreated:
     """Create a partner and return its signing secret (shown once)."""
     async with pool.acquire() as conn:
@@ -335,7 +377,7 @@ async def add_partner(partner: PartnerIn, pool: Pool, operator: AdminOperator) -
     return PartnerCreated(id=partner.id, secret=secret)
 
 
-@router.patch("/partners/{partner_id}", response_model=PartnerOut)
+@router.patch("/partners/{partner_id}", response_model=PartnerOut, responses=problems(404))
 async def change_partner(
     partner_id: Annotated[str, Path(max_length=64)],
     changes: PartnerPatch,
@@ -353,7 +395,12 @@ async def change_partner(
     return partner
 
 
-@router.post("/partners/{partner_id}/secrets", dependencies=[Admin], response_model=SecretRotated)
+@router.post(
+    "/partners/{partner_id}/secrets",
+    dependencies=[Admin],
+    response_model=SecretRotated,
+    responses=problems(404),
+)
 async def rotate_partner_secret(
     partner_id: str,
     request: Request,
@@ -383,7 +430,12 @@ async def list_merchants(
     return [Merchant(**dict(row)) for row in rows]
 
 
-@router.post("/merchants", response_model=Merchant, status_code=201)
+@router.post(
+    "/merchants",
+    response_model=Merchant,
+    status_code=201,
+    responses=problems(404, 409, why={404: "A partner to link does not exist."}),
+)
 async def add_merchant(merchant: MerchantIn, pool: Pool, operator: AdminOperator) -> Merchant:
     """Create a merchant, linked to the partners that process for it (409 if it exists)."""
     async with pool.acquire() as conn:
@@ -398,7 +450,7 @@ async def add_merchant(merchant: MerchantIn, pool: Pool, operator: AdminOperator
         return await _merchant(conn, merchant.id)
 
 
-@router.patch("/merchants/{merchant_id}", response_model=Merchant)
+@router.patch("/merchants/{merchant_id}", response_model=Merchant, responses=problems(404))
 async def change_merchant(
     merchant_id: MerchantPath, changes: MerchantPatch, pool: Pool, operator: AdminOperator
 ) -> Merchant:
@@ -410,14 +462,23 @@ async def change_merchant(
         return await _merchant(conn, merchant_id)
 
 
-@router.get("/merchants/{merchant_id}", dependencies=[Read], response_model=Merchant)
+@router.get(
+    "/merchants/{merchant_id}",
+    dependencies=[Read],
+    response_model=Merchant,
+    responses=problems(404),
+)
 async def get_merchant(merchant_id: MerchantPath, pool: Pool) -> Merchant:
     """A merchant with its linked partners, the balances each reports, and its latest ``seq``."""
     async with pool.acquire() as conn:
         return await _merchant(conn, merchant_id)
 
 
-@router.put("/merchants/{merchant_id}/partners/{partner_id}", response_model=PartnerLinked)
+@router.put(
+    "/merchants/{merchant_id}/partners/{partner_id}",
+    response_model=PartnerLinked,
+    responses=problems(404),
+)
 async def link_merchant_partner(
     merchant_id: MerchantPath,
     partner_id: Annotated[str, Path(max_length=64)],
@@ -434,7 +495,9 @@ async def link_merchant_partner(
     )
 
 
-@router.delete("/merchants/{merchant_id}/partners/{partner_id}", status_code=204)
+@router.delete(
+    "/merchants/{merchant_id}/partners/{partner_id}", status_code=204, responses=problems(404)
+)
 async def unlink_merchant_partner(
     merchant_id: MerchantPath,
     partner_id: Annotated[str, Path(max_length=64)],
@@ -488,7 +551,9 @@ async def list_alerts(
 
 
 @router.get("/stats", dependencies=[Read], response_model=Stats)
-async def stats(pool: Pool, partner_id: str | None = None, since: datetime | None = None) -> Stats:
+async def stats(
+    pool: Pool, partner_id: str | None = None, since: IsoDateTime | None = None
+) -> Stats:
     """Inbox depth, webhooks by status (optionally one partner's, received since a time),
     open alerts and dead letters."""
     rows = await pool.fetch(

@@ -5,10 +5,19 @@ They are converted to and from rows here at the edge; workflows and activities n
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from core.formats import EmailAddress, Identifier, PartnerId
 
@@ -27,6 +36,7 @@ __all__ = [
     "EndpointPatch",
     "EndpointSecretRotated",
     "EventOut",
+    "IsoDateTime",
     "Merchant",
     "MerchantIn",
     "MerchantPatch",
@@ -35,6 +45,8 @@ __all__ = [
     "PartnerLinked",
     "PartnerOut",
     "PartnerPatch",
+    "Problem",
+    "ProblemIssue",
     "ReplayFilter",
     "ReplayResult",
     "SecretRotated",
@@ -43,6 +55,49 @@ __all__ = [
     "WebhookAccepted",
     "WebhookTrace",
 ]
+
+
+def _json_number(value: object) -> object:
+    # Lax pydantic takes "5" and true for numbers; JSON Schema says they are not. An integral
+    # float (5.0) is a JSON Schema integer, so it stays accepted.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+def _iso_datetime(value: object) -> object:
+    # Lax pydantic reads a number, or a string of digits, as Unix seconds; the document says
+    # RFC 3339 date-time, so only that (or a datetime, from Python) is taken.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _RFC3339_DATE.match(value) is None:
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+_RFC3339_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+# After the constraints, so that the document shows them as JSON Schema keywords.
+JSON_NUMBER = BeforeValidator(_json_number)
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+"""A date-time in a query or body: RFC 3339 text only, never Unix seconds."""
+
+
+class ProblemIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where the invalid value is, e.g. query, since.")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error the api answers, as ``application/problem+json``."""
+
+    type: str = Field("about:blank", description="A URI naming the kind of problem.")
+    title: str = Field(description="The status's short summary, the same for every occurrence.")
+    status: Annotated[int, Field(ge=400, le=599)]
+    detail: str = Field(description="What went wrong with this request.")
+    errors: list[ProblemIssue] = Field(
+        default_factory=list, description="Each invalid value, on a 422 for an invalid request."
+    )
 
 
 class ApiKeyIn(BaseModel):
@@ -78,7 +133,7 @@ class PartnerIn(BaseModel):
 
     id: PartnerId
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    rate_limit_per_second: Annotated[StrictInt, Field(gt=0, le=1_000_000)] | None = None
+    rate_limit_per_second: Annotated[int, Field(gt=0, le=1_000_000), JSON_NUMBER] | None = None
     auto_onboard_merchants: StrictBool = Field(
         False,
         description="Let this partner's webhooks create and link merchants never seen before. "
@@ -91,9 +146,10 @@ class PartnerPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    rate_limit_per_second: Annotated[StrictInt, Field(gt=0, le=1_000_000)] | None = None
-    auto_onboard_merchants: StrictBool | None = None
+    # Absent means unchanged; only the rate limit can be cleared, so only it is nullable.
+    name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
+    rate_limit_per_second: Annotated[int, Field(gt=0, le=1_000_000), JSON_NUMBER] | None = None
+    auto_onboard_merchants: StrictBool | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _only_the_rate_limit_clears(self) -> PartnerPatch:
@@ -212,10 +268,10 @@ class DeadLetter(BaseModel):
 
 class ReplayFilter(BaseModel):
     partner_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    dry_run: bool = Field(True, description="Count what would be replayed, change nothing.")
-    limit: Annotated[int, Field(gt=0, le=10_000)] = 1000
+    since: IsoDateTime | None = None
+    until: IsoDateTime | None = None
+    dry_run: StrictBool = Field(True, description="Count what would be replayed, change nothing.")
+    limit: Annotated[int, Field(gt=0, le=10_000), JSON_NUMBER] = 1000
 
 
 class ReplayResult(BaseModel):
@@ -244,9 +300,21 @@ class Stats(BaseModel):
     dead_letters: int
 
 
+EndpointUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Where deliveries go; it must also pass the delivery network policy "
+        "(no private or loopback addresses unless allowed), or the request is refused (422).",
+    ),
+]
+
+
 class EndpointIn(BaseModel):
     merchant_id: Identifier
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: EndpointUrl
     description: Annotated[str, Field(max_length=500)] = ""
     event_types: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
         None, description="Event types to receive; omit for all."
@@ -254,7 +322,7 @@ class EndpointIn(BaseModel):
 
 
 class EndpointPatch(BaseModel):
-    url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    url: EndpointUrl | None = None
     description: Annotated[str, Field(max_length=500)] | None = None
     event_types: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
 
@@ -321,10 +389,10 @@ class DeliveryOut(BaseModel):
 
 class DeliveryReplayFilter(BaseModel):
     endpoint_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    dry_run: bool = Field(True, description="Count what would be replayed, change nothing.")
-    limit: Annotated[int, Field(gt=0, le=10_000)] = 1000
-    rate_per_second: Annotated[float, Field(gt=0, le=1000)] = Field(
+    since: IsoDateTime | None = None
+    until: IsoDateTime | None = None
+    dry_run: StrictBool = Field(True, description="Count what would be replayed, change nothing.")
+    limit: Annotated[int, Field(gt=0, le=10_000), JSON_NUMBER] = 1000
+    rate_per_second: Annotated[float, Field(gt=0, le=1000), JSON_NUMBER] = Field(
         10.0, description="Replayed deliveries are released at most this fast."
     )

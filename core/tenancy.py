@@ -119,7 +119,7 @@ async def create_merchant(
     partner_ids: list[str],
     actor: str,
 ) -> asyncpg.Record:
-    """Create a merchant linked to ``partner_ids``; 409 if it exists, 422 for unknown partners."""
+    """Create a merchant linked to ``partner_ids``; 409 if it exists, 404 for unknown partners."""
     async with conn.transaction():
         row = await conn.fetchrow(
             "INSERT INTO merchants (id, name, email) VALUES ($1, $2, $3)"
@@ -180,7 +180,7 @@ async def link_partner(
         if not await conn.fetchval("SELECT 1 FROM merchants WHERE id = $1", merchant_id):
             raise OperatorError(404, f"no merchant {merchant_id!r}")
         if not await conn.fetchval("SELECT 1 FROM partners WHERE id = $1", partner_id):
-            raise OperatorError(422, f"no partner {partner_id!r}")
+            raise OperatorError(404, f"no partner {partner_id!r}")
         created = await conn.fetchval(
             "INSERT INTO merchant_partners (merchant_id, partner_id, linked_by)"
             " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",

@@ -79,7 +79,7 @@ async def test_links_need_existing_merchant_and_partner(http: httpx.AsyncClient)
         await http.post("/v1/merchants", json={"id": merchant}, headers=ADMIN)
     ).status_code == 201
     unknown_partner = await http.put(f"/v1/merchants/{merchant}/partners/nobody", headers=ADMIN)
-    assert unknown_partner.status_code == 422
+    assert unknown_partner.status_code == 404
     unknown_merchant = await http.put(f"/v1/merchants/{unique('m')}/partners/x", headers=ADMIN)
     assert unknown_merchant.status_code == 404
     not_linked = await http.delete(f"/v1/merchants/{merchant}/partners/nobody", headers=ADMIN)
