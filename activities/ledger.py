@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from activities.deliveries import plan_deliveries
 from core.audit import audit, record_alert
 from core.contracts import (
+    WEBHOOK_TRANSITIONS,
     ApplyInput,
     ApplyResult,
     DeadLetterCause,
@@ -163,6 +164,7 @@ def _describe(error: BaseException) -> str:
 
 async def _dead_letter(conn: Connection, hook: Row, reason: str, cause: DeadLetterCause) -> None:
     reason = reason.replace("\x00", "")
+    WEBHOOK_TRANSITIONS.check(hook["status"], WebhookStatus.DEAD_LETTERED)
     await conn.execute(
         "INSERT INTO dead_letters (event_id, reason, cause) VALUES ($1, $2, $3)"
         " ON CONFLICT (event_id) DO UPDATE SET reason = EXCLUDED.reason,"
@@ -172,10 +174,11 @@ async def _dead_letter(conn: Connection, hook: Row, reason: str, cause: DeadLett
         cause,
     )
     await conn.execute(
-        "UPDATE webhooks SET status = 'dead_lettered', processed_at = clock_timestamp(),"
+        "UPDATE webhooks SET status = $3, processed_at = clock_timestamp(),"
         " detail = $2 WHERE event_id = $1",
         hook["event_id"],
         reason,
+        WebhookStatus.DEAD_LETTERED,
     )
     await audit(
         conn,
@@ -531,13 +534,15 @@ class _Application:
         return ApplyResult(outcome=Outcome.DEAD_LETTERED)
 
     async def _finish(self, status: WebhookStatus, detail: str | None) -> None:
+        WEBHOOK_TRANSITIONS.check(self.hook["status"], status)
         # The workflow id is what a payment's workflow signals to wake a waiting refund.
         await self.conn.execute(
-            "UPDATE webhooks SET status = $2, detail = $3, processed_at = CASE WHEN $2 = 'waiting'"
+            "UPDATE webhooks SET status = $2, detail = $3, processed_at = CASE WHEN $5"
             " THEN NULL ELSE clock_timestamp() END, workflow_id = coalesce($4, workflow_id)"
             " WHERE event_id = $1",
             self.event_id,
             status,
             detail,
             self.workflow_id,
+            status == WebhookStatus.WAITING,
         )

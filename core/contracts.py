@@ -13,6 +13,8 @@ from enum import IntEnum, StrEnum
 
 from temporalio.common import SearchAttributeKey
 
+from core.states import Transitions
+
 __all__ = [
     "ENTITY_ID",
     "EVENT_TYPE",
@@ -21,6 +23,7 @@ __all__ = [
     "PARTNER_ID",
     "SEARCH_ATTRIBUTES",
     "WEBHOOK_ID",
+    "WEBHOOK_TRANSITIONS",
     "ApplyInput",
     "ApplyResult",
     "AttemptInput",
@@ -62,7 +65,22 @@ class Priority(IntEnum):
 
 
 class WebhookStatus(StrEnum):
-    """Lifecycle of one received webhook row (the inbox)."""
+    """Lifecycle of one received webhook row (the inbox), as :data:`WEBHOOK_TRANSITIONS` draws it:
+
+    * (new) → received
+    * received → started, waiting, processed, ignored, dead_lettered
+    * started → waiting, processed, ignored, dead_lettered
+    * waiting → waiting, processed, dead_lettered
+    * processed → (final)
+    * ignored → (final)
+    * dead_lettered → received
+
+    The ingress inserts ``received``; the relay moves it to ``started`` unless its workflow
+    (started eagerly) already settled it; the ledger settles it, or sets a refund ``waiting``
+    until its payment arrives (again, after its window, while that payment is still queued);
+    any open row can be parked, and only an operator's replay (or linking the merchant) sends a
+    dead letter back to ``received``.
+    """
 
     RECEIVED = "received"  # durably recorded, acknowledged, workflow not started yet
     STARTED = "started"  # its workflow is running
@@ -70,6 +88,36 @@ class WebhookStatus(StrEnum):
     PROCESSED = "processed"  # took effect (or was a harmless repeat of an effect)
     IGNORED = "ignored"  # unknown type, stored as received
     DEAD_LETTERED = "dead_lettered"  # parked for an operator: see dead_letters.reason
+
+
+WEBHOOK_TRANSITIONS = Transitions(
+    "webhook",
+    initial=WebhookStatus.RECEIVED,
+    moves={
+        WebhookStatus.RECEIVED: {
+            WebhookStatus.STARTED,
+            WebhookStatus.WAITING,
+            WebhookStatus.PROCESSED,
+            WebhookStatus.IGNORED,
+            WebhookStatus.DEAD_LETTERED,
+        },
+        WebhookStatus.STARTED: {
+            WebhookStatus.WAITING,
+            WebhookStatus.PROCESSED,
+            WebhookStatus.IGNORED,
+            WebhookStatus.DEAD_LETTERED,
+        },
+        WebhookStatus.WAITING: {
+            WebhookStatus.WAITING,
+            WebhookStatus.PROCESSED,
+            WebhookStatus.DEAD_LETTERED,
+        },
+        WebhookStatus.PROCESSED: set(),
+        WebhookStatus.IGNORED: set(),
+        WebhookStatus.DEAD_LETTERED: {WebhookStatus.RECEIVED},
+    },
+)
+"""Every status change a webhook row may make; the ledger checks its writes against it."""
 
 
 class DeadLetterCause(StrEnum):

@@ -40,6 +40,7 @@ from core.contracts import (
     PARTNER_ID,
     WEBHOOK_ID,
     WebhookInput,
+    WebhookStatus,
     webhook_workflow_id,
 )
 from core.metrics import INBOX_DEPTH, RELAY_LAG, WORKFLOWS_STARTED
@@ -141,12 +142,14 @@ class InboxRelay(NotifiedRelay):
                 await self._pool.execute(
                     "UPDATE webhooks w SET workflow_started_at = coalesce(w.workflow_started_at,"
                     " s.at), relay_lease_until = NULL, status = CASE w.status"
-                    " WHEN 'received' THEN 'started' ELSE w.status END"
+                    " WHEN $4::text THEN $5::text ELSE w.status END"
                     " FROM unnest($1::bigint[], $2::timestamptz[], $3::int[]) AS s(id, at, run)"
                     " WHERE w.id = s.id AND w.run_count = s.run",
                     [row["id"] for row, _ in started],
                     [at for _, at in started],
                     [row["run_count"] for row, _ in started],
+                    WebhookStatus.RECEIVED,
+                    WebhookStatus.STARTED,
                 )
                 total += len(started)
             if len(started) < len(rows):
