@@ -14,7 +14,16 @@ from typing import Literal
 from benchmarks.stack import OTHERS, CpuUse
 from benchmarks.stats import median, ratio
 
-__all__ = ["Row", "Section", "Target", "render"]
+__all__ = [
+    "Row",
+    "Section",
+    "Target",
+    "format_number",
+    "format_ratio",
+    "format_series",
+    "markdown_table",
+    "render",
+]
 
 
 @dataclass(frozen=True)
@@ -70,12 +79,12 @@ class Row:
         prefix = "≥ " if self.at_least else ""
         return [
             self.figure,
-            prefix + _number(self.value, self.unit),
-            _number(self.baseline, self.unit),
-            prefix + _times(self.ratio),
+            prefix + format_number(self.value, self.unit),
+            format_number(self.baseline, self.unit),
+            prefix + format_ratio(self.ratio),
             verdict,
-            _series(self.runs),
-            _series(self.baseline_runs),
+            format_series(self.runs),
+            format_series(self.baseline_runs),
         ]
 
 
@@ -93,7 +102,7 @@ class Section:
     def render(self) -> str:
         header = ["Figure", self.subject, "Baseline", "Ratio", "Target", "Runs", "Baseline runs"]
         lines = [f"## {self.title}", "", f"Baseline: {self.baseline}", ""]
-        lines += _table(header, [row.cells() for row in self.rows])
+        lines += markdown_table(header, [row.cells() for row in self.rows])
         lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
@@ -125,18 +134,20 @@ def _cpu_table(cpu: dict[str, CpuUse]) -> str:
         "Percent of one core while Switchboard was measured (the machine has 2 cores: 200%);"
         f" `{OTHERS}` is CPU used by processes outside this benchmark (other people's work).",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
     ]
     return "\n".join(lines) + "\n"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the header, the rule, one line per row."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
 
-def _number(value: float, unit: str) -> str:
+def format_number(value: float, unit: str) -> str:
+    """A figure with the digits its size deserves (``12,345``, ``12.3``, ``1.23``), ``—`` if NaN."""
     if math.isnan(value):
         return "—"
     digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
@@ -144,11 +155,13 @@ def _number(value: float, unit: str) -> str:
     return f"{text} {unit}" if unit else text
 
 
-def _times(value: float) -> str:
+def format_ratio(value: float) -> str:
+    """A ratio as ``1.23x`` (``123x`` from 100 up), ``—`` if NaN."""
     if math.isnan(value):
         return "—"
     return f"{value:,.0f}x" if value >= 100 else f"{value:.2f}x"
 
 
-def _series(values: list[float]) -> str:
-    return ", ".join(_number(v, "") for v in values)
+def format_series(values: list[float]) -> str:
+    """Every run's value, comma-separated, without unit."""
+    return ", ".join(format_number(v, "") for v in values)

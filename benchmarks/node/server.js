@@ -1,4 +1,4 @@
-// The Node baseline of the fan-out benchmark (benchmarks/fanout.py): Socket.IO 4.8 with
+// The Node baseline of the fan-out benchmark (benchmarks/fanout/): Socket.IO 4.8 with
 // @socket.io/redis-adapter, the stack the systems Switchboard replaces ran. Usage:
 //   node benchmarks/node/server.js PORT REDIS_URL
 // A client joins the room of the merchant it names in its handshake auth; events reach it from

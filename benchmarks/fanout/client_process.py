@@ -1,6 +1,6 @@
 """The WebSocket clients of the fan-out benchmark: one of several client processes.
 
-``python -m benchmarks.fanout_clients`` reads one JSON line on stdin
+``python -m benchmarks.fanout.client_process`` reads one JSON line on stdin
 (``{"protocol": "switchboard" | "socketio", "port", "clients": [[merchant, token], ...]}``),
 connects every client, prints ``{"ready": n}``, then counts what arrives. ``mark`` on stdin
 starts a new window; ``report`` prints the window's deliveries, latency samples (ms), the
