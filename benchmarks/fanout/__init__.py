@@ -1,9 +1,9 @@
 """Fan-out benchmark: the Switchboard gateway against python-socketio and Node Socket.IO.
 
 Shapes: 1,000 clients over 500 merchants (2 each) and 100 clients on one merchant, spread over
-``CLIENT_PROCESSES`` client processes (:mod:`benchmarks.fanout.client_process`). The benchmark process
-publishes events to Redis for random merchants, open loop, in 5 ms batches, each carrying its
-publish time. Per system and shape, in one server process's life:
+``CLIENT_PROCESSES`` client processes (:mod:`benchmarks.fanout.client_process`). The benchmark
+process publishes events to Redis for random merchants, open loop, in 5 ms batches, each
+carrying its publish time. Per system and shape, in one server process's life:
 
 1. warm-up: one event per merchant until a round arrives complete;
 2. saturation: the offered rate steps up (x1.5, then x1.25 around the last run's saturation)
