@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.deliveries import plan_deliveries
 from core.audit import audit, record_alert
 from core.contracts import (
     WEBHOOK_TRANSITIONS,
@@ -43,6 +42,7 @@ from core.events import (
     RefundSucceeded,
 )
 from core.metrics import EVENTS_APPLIED
+from core.outbox import plan_deliveries
 from core.tenancy import onboard_merchant
 
 __all__ = ["PREDECESSOR_PENDING", "LedgerActivities"]

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from fastapi import APIRouter, Depends, Query
 
-from activities.deliveries import DELIVERIES_CHANNEL
 from api.operator import OPERATOR_PROBLEMS, Admin, Config, Pool, Read, Replay, single_valued_query
 from api.problems import problems
 from api.schemas import (
@@ -32,16 +31,19 @@ from api.schemas import (
 )
 from api.secrets import rotate_owned_secret
 from core.audit import audit
+from core.contracts import DELIVERY_TRANSITIONS, DeliveryStatus
 from core.db import Connection
 from core.egress import check_destination_url, parse_allow_list
 from core.errors import DestinationRefused, OperatorError
+from core.outbox import wake_delivery_relay
 from core.settings import Settings
 
 __all__ = ["MAX_LIVE_SECRETS", "router"]
 
 # Every live secret signs each delivery; Svix allows 10 at once too.
 MAX_LIVE_SECRETS = 10
-DeliveryStatus = Literal["pending", "succeeded", "dead_lettered", "cancelled"]
+# The API spells the statuses out (its OpenAPI schema); a test keeps them equal to the enum.
+DeliveryStatusParam = Literal["pending", "succeeded", "dead_lettered", "cancelled"]
 
 router = APIRouter(
     prefix="/v1",
@@ -211,7 +213,7 @@ async def _set_status(
         )
         if to == "active":
             # Deliveries held while paused go out again.
-            await conn.execute("SELECT pg_notify($1, '')", DELIVERIES_CHANNEL)
+            await wake_delivery_relay(conn)
         changed = await conn.fetchrow(f"{_ENDPOINT} WHERE ep.id = $1", endpoint_id)
         assert changed is not None
         return _endpoint(changed)
@@ -324,7 +326,7 @@ async def list_deliveries(
     pool: Pool,
     endpoint_id: str | None = None,
     event_id: str | None = None,
-    status: DeliveryStatus | None = None,
+    status: DeliveryStatusParam | None = None,
     since: IsoDateTime | None = None,
     until: IsoDateTime | None = None,
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
@@ -429,27 +431,30 @@ async def _replay(
     conn: Connection, delivery_ids: list[str], *, rate_per_second: float | None
 ) -> list[str]:
     """Open a new cycle for dead-lettered deliveries; returns the ids replayed."""
+    DELIVERY_TRANSITIONS.check(DeliveryStatus.DEAD_LETTERED, DeliveryStatus.PENDING)
     async with conn.transaction():
         rows = await conn.fetch(
             "WITH locked AS (SELECT id, created_at, seq FROM deliveries"
-            " WHERE id = ANY($1::text[]) AND status = 'dead_lettered' FOR UPDATE),"
+            " WHERE id = ANY($1::text[]) AND status = $3 FOR UPDATE),"
             " chosen AS (SELECT id, row_number() OVER (ORDER BY created_at, seq) - 1 AS n"
             " FROM locked)"
-            " UPDATE deliveries d SET status = 'pending', cycle = d.cycle + 1, last_error = NULL,"
+            " UPDATE deliveries d SET status = $4, cycle = d.cycle + 1, last_error = NULL,"
             " finished_at = NULL, relay_lease_until = NULL,"
             " dispatch_after = CASE WHEN $2::float8 IS NULL THEN NULL"
             " ELSE clock_timestamp() + make_interval(secs => chosen.n / $2::float8) END"
             " FROM chosen WHERE d.id = chosen.id RETURNING d.id, d.event_id",
             delivery_ids,
             rate_per_second,
+            DeliveryStatus.DEAD_LETTERED,
+            DeliveryStatus.PENDING,
         )
         for row in rows:
             await audit(
                 conn,
-                "delivery",
+                DELIVERY_TRANSITIONS.entity,
                 row["id"],
-                "dead_lettered",
-                "pending",
+                DeliveryStatus.DEAD_LETTERED,
+                DeliveryStatus.PENDING,
                 actor="operator",
                 reason="replayed",
                 event_id=row["event_id"],
@@ -462,5 +467,5 @@ async def _replay(
                 " (SELECT endpoint_id FROM deliveries WHERE id = ANY($1::text[]))",
                 [row["id"] for row in rows],
             )
-            await conn.execute("SELECT pg_notify($1, '')", DELIVERIES_CHANNEL)
+            await wake_delivery_relay(conn)
     return [row["id"] for row in rows]

@@ -19,6 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
+from core.contracts import INBOX_CHANNEL
 from core.errors import MalformedEnvelope, Unavailable, WebhookIdConflict
 
 __all__ = ["Inbox", "InboxEntry", "Recorded", "new_event_id"]
@@ -27,7 +28,7 @@ log = logging.getLogger("switchboard.inbox")
 # A write stuck longer than this (lock wait, half-open or hung server) answers 503, not a hang.
 WRITE_TIMEOUT = 5.0
 
-_INSERT = """
+_INSERT = f"""
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[],
                          $6::text[], $7::text[], $8::int2[], $9::text[], $10::timestamptz[])
@@ -42,7 +43,7 @@ WITH incoming AS (
     ON CONFLICT (partner_id, webhook_id) DO NOTHING
     RETURNING event_id
 )
-SELECT event_id, pg_notify('switchboard_inbox', '') FROM inserted
+SELECT event_id, pg_notify('{INBOX_CHANNEL}', '') FROM inserted
 """
 
 _EXISTING = """

@@ -1,8 +1,9 @@
 """Payload contracts shared by the api, the relay, workflows and activities.
 
-Pure data only: frozen dataclasses passed through Temporal, the event-type table, search
-attributes, and the one place workflow ids and Redis channels are built. Safe to import inside
-the workflow sandbox (no I/O, no heavy imports).
+Pure data only: frozen dataclasses passed through Temporal, the event-type table, the status
+enums with their drawn transitions, search attributes, and the one place workflow ids, Postgres
+NOTIFY channels and Redis channels are named. Safe to import inside the workflow sandbox (no
+I/O, no heavy imports).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from temporalio.common import SearchAttributeKey
 from core.states import Transitions
 
 __all__ = [
+    "DELIVERIES_CHANNEL",
+    "DELIVERY_TRANSITIONS",
     "ENTITY_ID",
     "EVENT_TYPE",
+    "INBOX_CHANNEL",
     "KNOWN_EVENT_TYPES",
     "MERCHANT_ID",
     "PARTNER_ID",
@@ -30,6 +34,7 @@ __all__ = [
     "AttemptResult",
     "DeadLetterCause",
     "DeliveryRef",
+    "DeliveryStatus",
     "EventType",
     "LaneInput",
     "Outcome",
@@ -120,6 +125,45 @@ WEBHOOK_TRANSITIONS = Transitions(
 """Every status change a webhook row may make; the ledger checks its writes against it."""
 
 
+class DeliveryStatus(StrEnum):
+    """Lifecycle of one outbound delivery row, as :data:`DELIVERY_TRANSITIONS` draws it:
+
+    * (new) → pending
+    * pending → succeeded, dead_lettered, cancelled
+    * succeeded → (final)
+    * dead_lettered → pending
+    * cancelled → (final)
+
+    The ledger plans a delivery ``pending`` (one for a disabled endpoint is dead-lettered in
+    the same statement, so it can be replayed once the endpoint is re-enabled); an attempt
+    settles it as ``succeeded``, dead-letters it (attempts exhausted, 410 Gone, endpoint
+    disabled) or cancels it (endpoint deleted); only an operator's replay sends a dead letter
+    back to ``pending``, as a new cycle with the same webhook-id.
+    """
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+
+
+DELIVERY_TRANSITIONS = Transitions(
+    "delivery",
+    initial=DeliveryStatus.PENDING,
+    moves={
+        DeliveryStatus.PENDING: {
+            DeliveryStatus.SUCCEEDED,
+            DeliveryStatus.DEAD_LETTERED,
+            DeliveryStatus.CANCELLED,
+        },
+        DeliveryStatus.SUCCEEDED: set(),
+        DeliveryStatus.DEAD_LETTERED: {DeliveryStatus.PENDING},
+        DeliveryStatus.CANCELLED: set(),
+    },
+)
+"""Every status change a delivery row may make; each writer names its move from this table."""
+
+
 class DeadLetterCause(StrEnum):
     """Why a webhook was parked (``dead_letters.cause``)."""
 
@@ -192,6 +236,15 @@ def delivery_lane_workflow_id(lane: str) -> str:
     if len(base) > MAX_WORKFLOW_BASE_ID:
         base = f"delivery:sha256-{hashlib.sha256(lane.encode()).hexdigest()[:40]}"
     return base
+
+
+INBOX_CHANNEL = "switchboard_inbox"
+"""Postgres NOTIFY channel: a webhook entered the inbox or was replayed (the inbox relay
+listens)."""
+
+DELIVERIES_CHANNEL = "switchboard_deliveries"
+"""Postgres NOTIFY channel: deliveries were planned, replayed or released (the delivery relay
+listens)."""
 
 
 def merchant_channel(merchant_id: str) -> str:

@@ -27,8 +27,14 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.deliveries import DELIVERIES_CHANNEL
-from core.contracts import MERCHANT_ID, DeliveryRef, LaneInput, delivery_lane_workflow_id
+from core.contracts import (
+    DELIVERIES_CHANNEL,
+    MERCHANT_ID,
+    DeliveryRef,
+    DeliveryStatus,
+    LaneInput,
+    delivery_lane_workflow_id,
+)
 from core.metrics import DELIVERIES_DISPATCHED
 from core.settings import Settings
 from relays.loop import NotifiedRelay
@@ -43,11 +49,11 @@ RECONCILE_EVERY_SECONDS = 60.0
 STALE_MARGIN_SECONDS = 600.0
 log = logging.getLogger("switchboard.relay.deliveries")
 
-_CLAIM = """
+_CLAIM = f"""
 WITH ready AS (
     SELECT d.id FROM deliveries d
     LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
-    WHERE d.dispatched_cycle < d.cycle AND d.status = 'pending'
+    WHERE d.dispatched_cycle < d.cycle AND d.status = '{DeliveryStatus.PENDING}'
       AND (d.endpoint_id IS NULL OR ep.status <> 'paused')
       AND (d.relay_lease_until IS NULL OR d.relay_lease_until < clock_timestamp())
       AND (d.dispatch_after IS NULL OR d.dispatch_after <= clock_timestamp())
@@ -118,8 +124,8 @@ class DeliveryRelay(NotifiedRelay):
             + STALE_MARGIN_SECONDS
         )
         reset = await self._pool.execute(
-            "UPDATE deliveries SET dispatched_cycle = cycle - 1 WHERE status = 'pending'"
-            " AND dispatched_cycle = cycle"
+            "UPDATE deliveries SET dispatched_cycle = cycle - 1"
+            f" WHERE status = '{DeliveryStatus.PENDING}' AND dispatched_cycle = cycle"
             " AND coalesce(last_attempt_at, created_at) < clock_timestamp()"
             " - make_interval(secs => $1)",
             stale_after,

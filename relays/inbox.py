@@ -36,6 +36,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from core.contracts import (
     ENTITY_ID,
     EVENT_TYPE,
+    INBOX_CHANNEL,
     MERCHANT_ID,
     PARTNER_ID,
     WEBHOOK_ID,
@@ -48,9 +49,8 @@ from core.settings import Settings
 from relays.loop import NotifiedRelay
 from workflows.webhook import WebhookWorkflow
 
-__all__ = ["INBOX_CHANNEL", "InboxRelay"]
+__all__ = ["InboxRelay"]
 
-INBOX_CHANNEL = "switchboard_inbox"
 # Starting is idempotent (the workflow id is the webhook's), so the lease only stops two relays
 # doing the same start at once; a short one lets a restarted worker pick up a dead relay's rows.
 LEASE_SECONDS = 5

@@ -264,3 +264,44 @@ async def time_skipping_stack(
         running_worker(isolated, env.client, pool, redis),
     ):
         yield pool, http, await add_partner(pool, http)
+
+
+_RECORD_STATUS_CHANGES = """
+CREATE TABLE IF NOT EXISTS status_changes (
+    id bigserial PRIMARY KEY, entity text NOT NULL, row_key text NOT NULL, from_state text,
+    to_state text NOT NULL
+);
+CREATE OR REPLACE FUNCTION record_status_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status THEN
+        INSERT INTO status_changes (entity, row_key, from_state, to_state)
+        VALUES (TG_TABLE_NAME, to_jsonb(NEW) ->> TG_ARGV[0],
+                CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status);
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+
+
+async def record_status_changes(pool: asyncpg.Pool, table: str, key: str) -> None:
+    """Have Postgres record, from now on, each status a ``table`` row is created in or moves
+    to (rows named by their ``key`` column), for :func:`status_histories`. Only for a test's
+    own database: the audit log keeps only the transitions operators need."""
+    await pool.execute(_RECORD_STATUS_CHANGES)
+    await pool.execute(
+        f"CREATE TRIGGER record_status_change AFTER INSERT OR UPDATE OF status ON {table}"
+        f" FOR EACH ROW EXECUTE FUNCTION record_status_change('{key}')"
+    )
+
+
+async def status_histories(
+    pool: asyncpg.Pool, table: str
+) -> dict[str, list[tuple[str | None, str]]]:
+    """Every recorded status change of ``table``'s rows, per row in order; creation first."""
+    histories: dict[str, list[tuple[str | None, str]]] = {}
+    for row in await pool.fetch(
+        "SELECT row_key, from_state, to_state FROM status_changes WHERE entity = $1 ORDER BY id",
+        table,
+    ):
+        histories.setdefault(row["row_key"], []).append((row["from_state"], row["to_state"]))
+    return histories

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-from activities.deliveries import delivery_id
+from core.outbox import delivery_id
 from core.settings import Settings
 from tests.faults.workload import (
     Sender,

@@ -18,27 +18,16 @@ from temporalio.testing import WorkflowEnvironment
 from core.contracts import WEBHOOK_TRANSITIONS, WebhookStatus, webhook_workflow_id
 from core.settings import Settings
 from tests.e2e.test_poison import FAILING_PAYMENTS
-from tests.support import add_partner, time_skipping_stack, wait_for_status, wait_settled
+from tests.support import (
+    add_partner,
+    record_status_changes,
+    status_histories,
+    time_skipping_stack,
+    wait_for_status,
+    wait_settled,
+)
 
 ADMIN = {"authorization": "Bearer sb_dev_admin_key"}
-
-RECORD_TRANSITIONS = """
-CREATE TABLE webhook_transitions (
-    id bigserial PRIMARY KEY, event_id text NOT NULL, from_state text, to_state text NOT NULL
-);
-CREATE FUNCTION record_webhook_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO webhook_transitions (event_id, to_state) VALUES (NEW.event_id, NEW.status);
-    ELSIF OLD.status IS DISTINCT FROM NEW.status THEN
-        INSERT INTO webhook_transitions (event_id, from_state, to_state)
-        VALUES (NEW.event_id, OLD.status, NEW.status);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER record_webhook_transition AFTER INSERT OR UPDATE OF status ON webhooks
-    FOR EACH ROW EXECUTE FUNCTION record_webhook_transition();
-"""
 
 
 async def test_every_webhook_transition_is_drawn(
@@ -50,7 +39,7 @@ async def test_every_webhook_transition_is_drawn(
         http,
         partner,
     ):
-        await pool.execute(RECORD_TRANSITIONS)
+        await record_status_changes(pool, "webhooks", "event_id")
         await pool.execute(FAILING_PAYMENTS)
         merchant = {"merchant_id": "m_states", "currency": "EUR"}
         paid = await partner.send("payment.succeeded", payment_id="pay_1", amount=900, **merchant)
@@ -98,18 +87,13 @@ async def test_every_webhook_transition_is_drawn(
         for event_id in (unlinked, orphan):
             await wait_for_status(pool, event_id, WebhookStatus.PROCESSED)
 
-        recorded = await pool.fetch(
-            "SELECT event_id, from_state, to_state FROM webhook_transitions ORDER BY id"
-        )
+        histories = await status_histories(pool, "webhooks")
         audited = await pool.fetch(
             "SELECT event_id, from_state, to_state FROM audit_log WHERE entity_type = $1"
             " ORDER BY id",
             WEBHOOK_TRANSITIONS.entity,
         )
 
-    histories: dict[str, list[tuple[str | None, str]]] = {}
-    for row in recorded:
-        histories.setdefault(row["event_id"], []).append((row["from_state"], row["to_state"]))
     for event_id, history in histories.items():
         assert history[0] == (None, WEBHOOK_TRANSITIONS.initial), (event_id, history)
         for (_, before), (after_from, _) in pairwise(history):

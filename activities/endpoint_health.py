@@ -1,0 +1,137 @@
+"""Endpoint health, updated in each webhook attempt's transaction: the circuit breaker, the
+"failing" alert, auto-disable (after a long run of failures, or at once on 410 Gone) and the
+email telling the merchant its endpoint was disabled.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from core.audit import audit, record_alert, resolve_alert
+from core.db import Connection
+from core.outbox import plan_notice
+from core.settings import Settings
+
+__all__ = ["EndpointHealth"]
+
+
+class EndpointHealth:
+    """Circuit breaker, failing alert and auto-disable of one endpoint, inside a transaction."""
+
+    def __init__(self, conn: Connection, endpoint_id: str, settings: Settings) -> None:
+        self.conn = conn
+        self.endpoint_id = endpoint_id
+        self.settings = settings
+
+    async def succeeded(self) -> None:
+        was_failing = await self.conn.fetchval(
+            "WITH before AS (SELECT consecutive_failures FROM endpoints WHERE id = $1"
+            " AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL) FOR UPDATE)"
+            " UPDATE endpoints SET consecutive_failures = 0, failing_since = NULL,"
+            " circuit_open_until = NULL, circuit_trips = 0, last_success_at = now()"
+            " FROM before WHERE id = $1 RETURNING before.consecutive_failures",
+            self.endpoint_id,
+        )
+        if was_failing is None:
+            # Healthy already: refresh the success time at most once a second (hot row).
+            await self.conn.execute(
+                "UPDATE endpoints SET last_success_at = now() WHERE id = $1 AND"
+                " (last_success_at IS NULL OR last_success_at < now() - interval '1 second')",
+                self.endpoint_id,
+            )
+            return
+        await resolve_alert(
+            self.conn, f"endpoint_failing:{self.endpoint_id}", reason="a delivery succeeded"
+        )
+
+    async def failed(self, error: str, *, probe: bool) -> None:
+        """Count a failure; the circuit opens when the streak reaches the threshold while it
+        is closed, or when its probe fails (each re-opening waits twice as long)."""
+        settings = self.settings
+        row = await self.conn.fetchrow(
+            "WITH opens AS (SELECT consecutive_failures + 1 >= $2"
+            " AND (circuit_open_until IS NULL OR $5) AS yes FROM endpoints WHERE id = $1)"
+            " UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,"
+            " failing_since = coalesce(failing_since, now()), last_failure_at = now(),"
+            " circuit_open_until = CASE WHEN opens.yes"
+            "   THEN clock_timestamp() + make_interval(secs => least($3 * 2 ^ circuit_trips, $4))"
+            "   ELSE circuit_open_until END,"
+            " circuit_trips = circuit_trips + opens.yes::int"
+            " FROM opens WHERE id = $1"
+            " RETURNING consecutive_failures, failing_since, status, merchant_id, url",
+            self.endpoint_id,
+            settings.circuit_failure_threshold,
+            settings.circuit_cooldown_seconds,
+            settings.circuit_max_cooldown_seconds,
+            probe,
+        )
+        if row is None:
+            return
+        if row["consecutive_failures"] == settings.endpoint_failing_alert_after:
+            await record_alert(
+                self.conn,
+                dedup_key=f"endpoint_failing:{self.endpoint_id}",
+                kind="endpoint_failing",
+                severity="medium",
+                summary=f"endpoint {self.endpoint_id} ({row['url']}) failed"
+                f" {row['consecutive_failures']} times in a row: {error}",
+                details={"endpoint_id": self.endpoint_id, "merchant_id": row["merchant_id"]},
+            )
+        failing_for = datetime.now(UTC) - row["failing_since"]
+        if failing_for >= timedelta(seconds=settings.endpoint_disable_after_seconds):
+            await self.disable(
+                f"failing without a success since {row['failing_since']:%Y-%m-%d %H:%M}"
+            )
+
+    async def disable(self, reason: str) -> None:
+        row = await self.conn.fetchrow(
+            "UPDATE endpoints SET status = 'disabled', status_reason = $2, updated_at = now()"
+            " WHERE id = $1 AND status IN ('active', 'paused') RETURNING merchant_id, url",
+            self.endpoint_id,
+            reason,
+        )
+        if row is None:
+            return
+        await audit(
+            self.conn,
+            "endpoint",
+            self.endpoint_id,
+            "active",
+            "disabled",
+            actor="switchboard",
+            reason=reason,
+        )
+        await _notify_merchant_of_disabled_endpoint(
+            self.conn, self.endpoint_id, row["merchant_id"], row["url"], reason
+        )
+        await record_alert(
+            self.conn,
+            dedup_key=f"endpoint_disabled:{self.endpoint_id}",
+            kind="endpoint_disabled",
+            severity="high",
+            summary=f"endpoint {self.endpoint_id} ({row['url']}) disabled: {reason}",
+            details={"endpoint_id": self.endpoint_id, "merchant_id": row["merchant_id"]},
+        )
+
+
+async def _notify_merchant_of_disabled_endpoint(
+    conn: Connection, endpoint_id: str, merchant_id: str, url: str, reason: str
+) -> None:
+    """Queue an email telling the merchant (when it has an address) its endpoint was disabled."""
+    email = await conn.fetchval("SELECT email FROM merchants WHERE id = $1", merchant_id)
+    if not email:
+        return
+    disabled_at = await conn.fetchval("SELECT clock_timestamp()")
+    await plan_notice(
+        conn,
+        merchant_id=merchant_id,
+        recipient=email,
+        template="endpoint_disabled",
+        key=f"endpoint_disabled:{endpoint_id}:{disabled_at.isoformat()}",
+        context={
+            "endpoint_id": endpoint_id,
+            "url": url,
+            "reason": reason,
+            "disabled_at": disabled_at.strftime("%Y-%m-%d %H:%M UTC"),
+        },
+    )
