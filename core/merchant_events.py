@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from core.db import Connection
 
-__all__ = ["encode_merchant_event", "events_after", "head_seq", "heads_and_events_after"]
+__all__ = [
+    "encode_merchant_event",
+    "events_after",
+    "head_seq",
+    "heads_and_events_after",
+    "seq_prefix",
+]
 
 _COLUMNS = "merchant_id, seq, event_id, type, data, created_at"
 
@@ -34,6 +41,32 @@ def encode_merchant_event(row: Mapping[str, Any] | asyncpg.Record) -> str:
         },
         separators=(",", ":"),
     )
+
+
+def seq_prefix(merchant_id: str) -> bytes:
+    """How every event of ``merchant_id`` that :func:`encode_merchant_event` encodes begins, up
+    to its ``seq`` digits (``{"merchant_id":"m_1","seq":``), derived from the encoder itself.
+
+    The gateway reads ``seq`` right after this prefix, up to the next ``,``, without parsing the
+    JSON; a payload starting with it is this merchant's. ValueError if the encoder no longer
+    puts the merchant and then ``seq`` first (the fast path would then be wrong, not slow).
+    """
+    sample: dict[str, Any] = {
+        "merchant_id": merchant_id,
+        "event_id": "",
+        "type": "",
+        "data": {},
+        "created_at": datetime(2000, 1, 1, tzinfo=UTC),
+    }
+    first = encode_merchant_event({**sample, "seq": 1}).encode()
+    second = encode_merchant_event({**sample, "seq": 2}).encode()
+    # Two encodings that differ only in seq (1 and 2) agree up to its digit.
+    digit = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
+    prefix = first[:digit]
+    named = json.dumps({"merchant_id": merchant_id}, separators=(",", ":")).encode()[:-1]
+    if not prefix.startswith(named) or not first[len(prefix) :].startswith(b"1,"):
+        raise ValueError("encode_merchant_event no longer starts with merchant_id, then seq")
+    return prefix
 
 
 async def events_after(

@@ -15,9 +15,10 @@ Fan-out is :func:`fan_out`, websockets' ``broadcast`` with the frame built once 
 instead of once per connection (no per-client await either). A client whose unsent bytes pass
 ``client_buffer_bytes`` is dropped with 3008 instead of slowing the others.
 
-Per event the hot path reads only ``seq`` (from the payload's fixed prefix, without parsing the
-JSON), writes one pre-built frame per connection and counts; the lag histogram takes one event
-in ``LAG_SAMPLE_EVERY``. The prefix names the merchant too, so a payload that has it is this
+Per event the hot path reads only ``seq`` (after the payload's fixed prefix, which
+:func:`core.merchant_events.seq_prefix` derives from the encoder, without parsing the JSON),
+writes one pre-built frame per connection and counts; the lag histogram takes one event in
+``LAG_SAMPLE_EVERY``. The prefix names the merchant too, so a payload that has it is this
 merchant's; one that does not is parsed, and dropped (and counted) if it names another merchant.
 
 Bounds (all close with 3010, after which clients reconnect and resume by seq): a feed holds back
@@ -50,6 +51,7 @@ from core.merchant_events import (
     events_after,
     head_seq,
     heads_and_events_after,
+    seq_prefix,
 )
 from gateway.metrics import (
     DELIVERIES,
@@ -115,7 +117,7 @@ class MerchantFeed:
     def __init__(self, merchant_id: str) -> None:
         self.merchant_id = merchant_id
         self.channel = merchant_channel(merchant_id)
-        self.prefix = b'{"merchant_id":' + json.dumps(merchant_id).encode() + b',"seq":'
+        self.prefix = seq_prefix(merchant_id)
         """How :func:`core.merchant_events.encode_merchant_event` starts this merchant's events."""
         self.head = 0
         self.ready = False

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from core.merchant_events import encode_merchant_event
+from core import merchant_events
+from core.merchant_events import encode_merchant_event, seq_prefix
 from gateway.hub import MerchantFeed, OtherMerchant, _seq
 
 
@@ -49,3 +51,48 @@ async def test_a_payload_naming_another_merchant_is_refused() -> None:
         assert not payload.startswith(feed.prefix)
         with pytest.raises(OtherMerchant):
             _seq(feed.prefix, payload, feed.merchant_id)
+
+
+@pytest.mark.parametrize("merchant", ["m_1", "merchant_demo", 'm_"quoted"', "m-é\\x", "m:a.b"])
+@pytest.mark.parametrize("seq", [1, 9, 10, 12345678901234])
+async def test_the_prefix_follows_the_encoder_and_needs_no_parse(
+    merchant: str, seq: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every event the publisher encodes has the feed's prefix, and its seq is read from it
+    with ``json.loads`` unavailable: the fast path holds for the encoding as it is today."""
+    feed = MerchantFeed(merchant)
+    assert feed.prefix == seq_prefix(merchant)
+    row = {
+        "merchant_id": merchant,
+        "seq": seq,
+        "event_id": "evt_1",
+        "type": "payment.succeeded",
+        "data": {"seq": 7, "merchant_id": "other"},
+        "created_at": datetime.now(UTC),
+    }
+    encoded = encode_merchant_event(row).encode()
+
+    def no_parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fast path parsed the payload")
+
+    monkeypatch.setattr(json, "loads", no_parse)
+    assert _seq(feed.prefix, encoded, merchant) == seq
+
+
+async def test_an_encoder_that_moves_seq_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the encoder stop starting with the merchant and then ``seq``, deriving the
+    prefix fails loudly instead of letting the fast path misread or trust payloads."""
+    original = merchant_events.encode_merchant_event
+
+    def seq_first(row: Any) -> str:
+        return json.dumps({"seq": row["seq"], **json.loads(original(row))}, separators=(",", ":"))
+
+    def seq_last(row: Any) -> str:
+        body = json.loads(original(row))
+        seq = body.pop("seq")
+        return json.dumps({**body, "seq": seq}, separators=(",", ":"))
+
+    for encoder in (seq_first, seq_last):
+        monkeypatch.setattr(merchant_events, "encode_merchant_event", encoder)
+        with pytest.raises(ValueError, match="merchant_id, then seq"):
+            seq_prefix("m_1")
