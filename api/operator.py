@@ -41,9 +41,16 @@ from api.schemas import (
     TraceStep,
     WebhookTrace,
 )
-from core.contracts import WEBHOOK_TRANSITIONS, WebhookStatus, webhook_workflow_id
+from core.audit import audit_many
+from core.contracts import (
+    INBOX_CHANNEL,
+    WEBHOOK_TRANSITIONS,
+    WebhookStatus,
+    webhook_workflow_id,
+)
 from core.db import Connection
 from core.errors import OperatorError
+from core.merchant_events import events_after
 from core.settings import Settings
 from core.tenancy import (
     create_merchant,
@@ -192,13 +199,7 @@ async def list_events(
     limit: Annotated[int, Query(gt=0, le=1000)] = 100,
 ) -> list[EventOut]:
     """A merchant's events in ``seq`` order, after ``after_seq``."""
-    rows = await pool.fetch(
-        "SELECT merchant_id, seq, event_id, type, data, created_at FROM events"
-        " WHERE merchant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        merchant_id,
-        after_seq,
-        limit,
-    )
+    rows = await events_after(pool, merchant_id, after_seq, limit=limit)
     return [EventOut(**dict(row)) for row in rows]
 
 
@@ -301,17 +302,17 @@ async def replay(conn: Connection, event_ids: list[str], *, actor: str) -> list[
                 " replay_count = replay_count + 1 WHERE event_id = ANY($1::text[])",
                 replayed,
             )
-            await conn.execute(
-                "INSERT INTO audit_log (entity_type, entity_id, from_state, to_state, actor,"
-                " reason, event_id) SELECT $3::text, id, $4::text, $5::text, $2, 'replayed', id"
-                " FROM unnest($1::text[]) AS id",
-                replayed,
-                actor,
+            await audit_many(
+                conn,
                 WEBHOOK_TRANSITIONS.entity,
+                replayed,
                 WebhookStatus.DEAD_LETTERED,
                 WebhookStatus.RECEIVED,
+                actor=actor,
+                reason="replayed",
+                event_ids=replayed,
             )
-            await conn.execute("NOTIFY switchboard_inbox")
+            await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
     return replayed
 
 

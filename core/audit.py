@@ -10,7 +10,7 @@ from typing import Any
 
 from core.db import Connection
 
-__all__ = ["audit", "record_alert", "resolve_alert"]
+__all__ = ["audit", "audit_many", "record_alert", "resolve_alert"]
 
 
 async def audit(
@@ -35,6 +35,33 @@ async def audit(
         actor,
         reason,
         event_id,
+    )
+
+
+async def audit_many(
+    conn: Connection,
+    entity_type: str,
+    entity_ids: list[str],
+    from_state: str | None,
+    to_state: str,
+    *,
+    actor: str,
+    reason: str | None,
+    event_ids: list[str] | None = None,
+) -> None:
+    """Append the same transition of many entities to the audit log in one statement;
+    ``event_ids``, when given, pairs each entity with its event."""
+    await conn.execute(
+        "INSERT INTO audit_log (entity_type, entity_id, from_state, to_state, actor, reason,"
+        " event_id) SELECT $1::text, e.id, $3::text, $4::text, $5::text, $6::text, e.event_id"
+        " FROM unnest($2::text[], $7::text[]) AS e(id, event_id)",
+        entity_type,
+        entity_ids,
+        from_state,
+        to_state,
+        actor,
+        reason,
+        event_ids if event_ids is not None else [None] * len(entity_ids),
     )
 
 
