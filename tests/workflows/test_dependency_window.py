@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
-from core.contracts import webhook_workflow_id
+from core.contracts import INBOX_CHANNEL, webhook_workflow_id
 from core.settings import Settings
 from tests.support import (
     status_of,
@@ -119,7 +119,7 @@ async def test_refund_keeps_waiting_while_its_payment_is_queued(
         await pool.execute(
             "UPDATE webhooks SET relay_lease_until = NULL WHERE event_id = $1", payment
         )
-        await pool.execute("NOTIFY switchboard_inbox")
+        await pool.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
         handle = time_skipping.client.get_workflow_handle(webhook_workflow_id(partner.id, "msg_r"))
         assert await handle.result() == "applied"
         assert await status_of(pool, payment) == "processed"
