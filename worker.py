@@ -1,4 +1,5 @@
-"""Composition root of the durable side: the Temporal workers plus the inbox and delivery relays.
+"""Composition root of the durable side: the Temporal workers plus the inbox, delivery and alert
+relays.
 
 Reads settings, connects Temporal, Postgres and Redis, builds the activity objects with their
 clients injected, lists the workflows and activities explicitly, and runs until SIGTERM/SIGINT.
@@ -28,33 +29,48 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from activities.deliveries import DeliveryActivities
 from activities.email import Mailer
 from activities.ledger import LedgerActivities
+from activities.notify import NotifyActivities, PagerDuty, Slack
 from activities.publish import PublishActivities
+from core.alert_policy import RoutingPolicy, load_policy
 from core.db import connect_pool
 from core.egress import parse_allow_list, vetted_connection_pool
 from core.logs import configure_logging
 from core.realtime import connect_redis
 from core.settings import Settings
+from relays.alerts import AlertRelay
 from relays.deliveries import DeliveryRelay
 from relays.inbox import InboxRelay
 from workflows.delivery import DeliveryLaneWorkflow
+from workflows.escalation import EscalationWorkflow
 from workflows.webhook import WebhookWorkflow
 
 __all__ = ["WORKFLOWS", "build_delivery_worker", "build_worker", "main", "running_workers", "serve"]
 
-WORKFLOWS = [WebhookWorkflow, DeliveryLaneWorkflow]
+WORKFLOWS = [WebhookWorkflow, DeliveryLaneWorkflow, EscalationWorkflow]
 log = logging.getLogger("switchboard.worker")
 
 
-def build_worker(client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis) -> Worker:
-    """The Temporal worker for webhook workflows, with every activity's clients injected."""
+def build_worker(
+    client: Client,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    policy: RoutingPolicy,
+    stack: AsyncExitStack,
+) -> Worker:
+    """The Temporal worker for webhook workflows and alert escalations, with every activity's
+    clients injected; the clients close with ``stack``."""
     ledger = LedgerActivities(pool)
     publish = PublishActivities(pool, redis)
+    pagerduty_client = PagerDuty(settings)
+    stack.callback(pagerduty_client.close)
+    notify = NotifyActivities(pool, Slack(settings), pagerduty_client, policy, settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[WebhookWorkflow],
+        workflows=[WebhookWorkflow, EscalationWorkflow],
         workflow_runner=_runner(settings),
-        activities=[ledger.apply_event, ledger.park_event, publish.publish_event],
+        activities=[ledger.apply_event, ledger.park_event, publish.publish_event, notify.notify],
         max_concurrent_workflow_tasks=settings.relay_max_in_flight,
         max_concurrent_local_activities=settings.relay_max_in_flight,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -96,14 +112,20 @@ def _runner(settings: Settings) -> SandboxedWorkflowRunner | UnsandboxedWorkflow
 async def running_workers(
     client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis, *, relays: bool = True
 ) -> AsyncIterator[None]:
-    """Both Temporal workers and (by default) both relays, until the block exits."""
+    """Both Temporal workers and (by default) the relays, until the block exits.
+
+    The on-call policy is read first: a broken ``alerting.yaml`` stops the worker at start,
+    naming the line (:class:`core.alert_policy.PolicyError`).
+    """
+    policy = load_policy(settings.alerting_policy)
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(build_worker(client, settings, pool, redis))
+        await stack.enter_async_context(build_worker(client, settings, pool, redis, policy, stack))
         await stack.enter_async_context(build_delivery_worker(client, settings, pool, stack))
         if relays:
             for relay in (
                 InboxRelay(pool, client, settings),
                 DeliveryRelay(pool, client, settings),
+                AlertRelay(pool, client, settings, policy),
             ):
                 task = asyncio.create_task(relay.run(), name=type(relay).__name__)
                 stack.push_async_callback(_cancel, task)

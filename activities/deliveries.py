@@ -36,7 +36,8 @@ from activities.webhook_http import (
     post_webhook,
     webhook_body,
 )
-from core.audit import audit, record_alert
+from core.alerting import Severity, alert_kind
+from core.audit import audit, raise_alert
 from core.contracts import (
     DELIVERY_TRANSITIONS,
     AttemptInput,
@@ -50,6 +51,13 @@ from core.metrics import DELIVERY_ATTEMPTS, DELIVERY_LATENCY
 from core.settings import Settings
 
 __all__ = ["DeliveryActivities"]
+
+DELIVERY_EXHAUSTED = alert_kind(
+    "delivery_exhausted",
+    Severity.WARNING,
+    "Deliveries to one endpoint (or of one email) failed every retry and were dead-lettered.",
+)
+
 
 # The half-open probe holds the circuit for its timeout plus this, so no second probe starts.
 PROBE_LEASE_MARGIN_SECONDS = 5.0
@@ -326,11 +334,10 @@ async def _dead_letter(conn: Connection, row: asyncpg.Record, reason: str) -> No
     if not await _settle(conn, row, DeliveryStatus.DEAD_LETTERED, reason):
         return
     target = row["endpoint_id"] or f"email:{row['template']}"
-    await record_alert(
+    await raise_alert(
         conn,
+        DELIVERY_EXHAUSTED,
         dedup_key=f"delivery_exhausted:{target}",
-        kind="delivery_exhausted",
-        severity="medium",
         summary=f"deliveries to {target} dead-lettered (latest {row['id']}: {reason})",
         details={
             "event_id": row["event_id"],

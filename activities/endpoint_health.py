@@ -7,12 +7,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from core.audit import audit, record_alert, resolve_alert
+from core.alerting import Severity, alert_kind
+from core.audit import audit, raise_alert, resolve_alert
 from core.db import Connection
 from core.outbox import plan_notice
 from core.settings import Settings
 
 __all__ = ["EndpointHealth"]
+
+ENDPOINT_FAILING = alert_kind(
+    "endpoint_failing",
+    Severity.WARNING,
+    "A merchant endpoint failed several deliveries in a row (resolved by its next success).",
+)
+ENDPOINT_DISABLED = alert_kind(
+    "endpoint_disabled",
+    Severity.ERROR,
+    "A merchant endpoint was disabled (410 Gone, or failing for days); the merchant was told.",
+)
 
 
 class EndpointHealth:
@@ -68,11 +80,10 @@ class EndpointHealth:
         if row is None:
             return
         if row["consecutive_failures"] == settings.endpoint_failing_alert_after:
-            await record_alert(
+            await raise_alert(
                 self.conn,
+                ENDPOINT_FAILING,
                 dedup_key=f"endpoint_failing:{self.endpoint_id}",
-                kind="endpoint_failing",
-                severity="medium",
                 summary=f"endpoint {self.endpoint_id} ({row['url']}) failed"
                 f" {row['consecutive_failures']} times in a row: {error}",
                 details={"endpoint_id": self.endpoint_id, "merchant_id": row["merchant_id"]},
@@ -104,11 +115,10 @@ class EndpointHealth:
         await _notify_merchant_of_disabled_endpoint(
             self.conn, self.endpoint_id, row["merchant_id"], row["url"], reason
         )
-        await record_alert(
+        await raise_alert(
             self.conn,
+            ENDPOINT_DISABLED,
             dedup_key=f"endpoint_disabled:{self.endpoint_id}",
-            kind="endpoint_disabled",
-            severity="high",
             summary=f"endpoint {self.endpoint_id} ({row['url']}) disabled: {reason}",
             details={"endpoint_id": self.endpoint_id, "merchant_id": row["merchant_id"]},
         )

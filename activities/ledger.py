@@ -22,12 +22,14 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from core.audit import audit, record_alert
+from core.alerting import Severity, alert_kind
+from core.audit import audit, raise_alert
 from core.contracts import (
     WEBHOOK_TRANSITIONS,
     ApplyInput,
     ApplyResult,
     DeadLetterCause,
+    EventType,
     Outcome,
     ParkInput,
     WebhookStatus,
@@ -48,6 +50,30 @@ from core.tenancy import onboard_merchant
 __all__ = ["PREDECESSOR_PENDING", "LedgerActivities"]
 
 PREDECESSOR_PENDING = "PredecessorPending"
+
+MONEY_EVENT_TYPES = (
+    EventType.PAYMENT_SUCCEEDED,
+    EventType.PAYMENT_FAILED,
+    EventType.REFUND_SUCCEEDED,
+)
+MONEY_EVENT_PARKED = alert_kind(
+    "money_event_dead_lettered",
+    Severity.CRITICAL,
+    "A payment or refund could not be processed and was parked as a dead letter.",
+)
+EVENT_PARKED = alert_kind(
+    "event_dead_lettered", Severity.WARNING, "A balance update could not be applied and was parked."
+)
+REFUND_WITHOUT_PAYMENT = alert_kind(
+    "refund_without_payment",
+    Severity.ERROR,
+    "A refund's payment never arrived within the dependency window; the refund is parked.",
+)
+UNLINKED_MERCHANT = alert_kind(
+    "unlinked_merchant",
+    Severity.ERROR,
+    "A partner sends webhooks for a merchant it is not linked to; they are parked until linked.",
+)
 
 _FINAL = (WebhookStatus.PROCESSED, WebhookStatus.IGNORED, WebhookStatus.DEAD_LETTERED)
 _REFUNDABLE = ("succeeded", "partially_refunded")
@@ -195,24 +221,23 @@ async def _dead_letter(conn: Connection, hook: Row, reason: str, cause: DeadLett
     if cause == DeadLetterCause.UNLINKED_MERCHANT:
         merchant = hook["payload"]["data"]["merchant_id"]
         # One alert per (partner, merchant) pair, counting its webhooks, not one per webhook.
-        await record_alert(
+        await raise_alert(
             conn,
+            UNLINKED_MERCHANT,
             dedup_key=f"unlinked_merchant:{hook['partner_id']}:{merchant}",
-            kind="unlinked_merchant",
-            severity="high",
             summary=f"partner {hook['partner_id']} sent webhooks for merchant {merchant},"
             " which it is not linked to; they are parked until an operator links them",
             details={**details, "merchant_id": merchant},
         )
         return
-    waited_for_payment = cause == DeadLetterCause.PAYMENT_NEVER_ARRIVED
-    await record_alert(
-        conn,
-        dedup_key=f"dead_letter:{hook['event_id']}",
-        kind="refund_without_payment" if waited_for_payment else "dead_letter",
-        severity="high" if waited_for_payment else "medium",
-        summary=summary,
-        details=details,
+    if cause == DeadLetterCause.PAYMENT_NEVER_ARRIVED:
+        kind = REFUND_WITHOUT_PAYMENT
+    elif hook["event_type"] in MONEY_EVENT_TYPES:
+        kind = MONEY_EVENT_PARKED
+    else:
+        kind = EVENT_PARKED
+    await raise_alert(
+        conn, kind, dedup_key=f"dead_letter:{hook['event_id']}", summary=summary, details=details
     )
 
 
@@ -368,14 +393,6 @@ class _Application:
             data.failure_code,
         )
         await self._audit_payment(data.payment_id, None, "failed")
-        await record_alert(
-            self.conn,
-            dedup_key=f"payment_failed:{self.partner_id}:{data.payment_id}",
-            kind="payment_failed",
-            severity="high",
-            summary=f"payment {data.payment_id} failed: {data.failure_code}",
-            details={"event_id": self.event_id, "merchant_id": data.merchant_id},
-        )
         return await self._applied(
             data.merchant_id,
             {

@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from temporalio.client import Client
 
-from api import dashboard, endpoints, ingress, operator
+from api import alerts, dashboard, endpoints, ingress, operator
 from api.inbox import Inbox
 from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
@@ -97,6 +98,12 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.settings = settings
         app.state.pool = pool
+        app.state.redis = redis
+        # Only on-call actions (acknowledge, resolve) talk to Temporal; connecting lazily keeps
+        # the api independent of it for everything else.
+        app.state.temporal = await Client.connect(
+            settings.temporal_address, namespace=settings.temporal_namespace, lazy=True
+        )
         app.state.ingress = ingress.Ingress(
             settings=settings,
             partners=PartnerDirectory(pool),
@@ -120,6 +127,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestLimits, settings=settings)
     app.include_router(ingress.router)
     app.include_router(operator.router)
+    app.include_router(alerts.router)
+    app.include_router(alerts.slack_router)
     app.include_router(endpoints.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")

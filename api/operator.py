@@ -19,7 +19,6 @@ from api.auth import Operator, create_api_key, require, revoke_api_key
 from api.partners import rotate_secret
 from api.problems import ANY_REQUEST, problems
 from api.schemas import (
-    Alert,
     ApiKeyCreated,
     ApiKeyIn,
     ApiKeyOut,
@@ -533,22 +532,6 @@ async def _merchant(conn: Connection, merchant_id: str) -> Merchant:
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
-
-
-@router.get("/alerts", dependencies=[Read], response_model=list[Alert])
-async def list_alerts(
-    pool: Pool,
-    status: str | None = "open",
-    limit: Annotated[int, Query(gt=0, le=1000)] = 100,
-) -> list[Alert]:
-    """Alerts, newest first (``status=open`` by default; pass ``status=`` for all)."""
-    rows = await pool.fetch(
-        "SELECT * FROM alerts WHERE ($1::text IS NULL OR $1 = '' OR status = $1)"
-        " ORDER BY last_seen_at DESC LIMIT $2",
-        status,
-        limit,
-    )
-    return [Alert(**{k: row[k] for k in Alert.model_fields}) for row in rows]
 
 
 @router.get("/stats", dependencies=[Read], response_model=Stats)

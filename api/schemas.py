@@ -23,6 +23,8 @@ from core.formats import EmailAddress, Identifier, PartnerId
 
 __all__ = [
     "Alert",
+    "AlertGroup",
+    "AlertResolution",
     "ApiKeyCreated",
     "ApiKeyIn",
     "ApiKeyOut",
@@ -50,7 +52,10 @@ __all__ = [
     "ReplayFilter",
     "ReplayResult",
     "SecretRotated",
+    "Silence",
+    "SilenceIn",
     "Stats",
+    "TimelineEntry",
     "TraceStep",
     "WebhookAccepted",
     "WebhookTrace",
@@ -291,6 +296,70 @@ class Alert(BaseModel):
     occurrences: int
     created_at: datetime
     last_seen_at: datetime
+    group_id: str | None = Field(
+        None, description="Its alert group (one escalation); none until the worker routed it."
+    )
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    action: str = Field(description="opened, grouped, held, notified, acknowledged, resolved")
+    channel: str | None
+    actor: str
+    detail: str | None
+
+
+class AlertGroup(BaseModel):
+    id: str
+    route: str
+    kind: str
+    severity: str
+    summary: str
+    status: Literal["open", "acknowledged", "resolved"]
+    pages: int = Field(description="PagerDuty triggers sent (escalation steps and re-pages).")
+    opened_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    workflow_url: str | None
+    alerts: list[Alert]
+    timeline: list[TimelineEntry]
+
+
+class AlertResolution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = "resolved by an operator"
+
+
+class SilenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    matchers: Annotated[
+        dict[
+            Annotated[str, Field(min_length=1, max_length=64)],
+            Annotated[str, Field(max_length=256)],
+        ],
+        Field(min_length=1, max_length=20),
+    ] = Field(
+        description="Label matchers (kind, severity, partner_id, …); a trailing * matches a prefix."
+    )
+    duration_seconds: Annotated[int, Field(gt=0, le=30 * 86400)] = Field(
+        description="How long the silence lasts from ``starts_at``."
+    )
+    starts_at: IsoDateTime | None = Field(None, description="Default: now.")
+    comment: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class Silence(BaseModel):
+    id: int
+    matchers: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str
+    created_at: datetime
 
 
 class Stats(BaseModel):

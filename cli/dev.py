@@ -149,6 +149,7 @@ def _banner(
   Postgres           {database_url}
   Redis              {redis_url}
   Mail sink          smtp://{settings.smtp_host}:{settings.smtp_port}  (./run switchboard mail list)
+  Slack/PagerDuty    http://127.0.0.1:{settings.oncall_sink_port}  (./run switchboard pages list)
   Logs               {settings.data_dir}/logs/
   Demo partner       {state.partner_id}   secret {state.partner_secret}
   Demo merchant      {state.merchant_id}

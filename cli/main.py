@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cli.client import Json, call, console, emit, fail, operator_client
 from cli.dev import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state, run_dev
+from cli.oncall import alerts_app, pages_app
 from cli.outbound import deliveries_app, endpoints_app, mail_app
 from core.settings import Settings
 from core.signing import sign_headers
@@ -55,6 +56,8 @@ app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(mail_app, name="mail")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(pages_app, name="pages")
 
 # -- processes ---------------------------------------------------------------------------------
 
@@ -545,26 +548,6 @@ def dead_letters_replay(
         result,
         f"{verb} {result['matched'] if result['dry_run'] else result['replayed']} dead letter(s).",
     )
-
-
-@app.command()
-def alerts(
-    status: Annotated[str, typer.Option(help="open, or empty for all.")] = "open",
-    as_json: Json = False,
-) -> None:
-    """Alerts raised by Switchboard."""
-    found = call(as_json, "GET", "/v1/alerts", params={"status": status})
-    table = Table("id", "severity", "kind", "summary", "count", "last seen")
-    for a in found:
-        table.add_row(
-            str(a["id"]),
-            a["severity"],
-            a["kind"],
-            a["summary"],
-            str(a["occurrences"]),
-            a["last_seen_at"],
-        )
-    emit(as_json, found, table)
 
 
 if __name__ == "__main__":

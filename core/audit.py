@@ -1,5 +1,8 @@
 """The audit log and alert rows: how every process records a state transition or opens an alert.
 
+Alert kinds are declared where they are detected (:func:`core.alerting.alert_kind`); routing and
+escalation happen after commit, in the worker (``relays/alerts.py``, ``workflows/escalation.py``).
+
 Both are written inside the caller's transaction, so a transition and its audit entry (or the
 fact that raised an alert) commit together or not at all.
 """
@@ -8,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.alerting import AlertKind
+from core.contracts import ALERTS_CHANNEL
 from core.db import Connection
 
-__all__ = ["audit", "audit_many", "record_alert", "resolve_alert"]
+__all__ = ["audit", "audit_many", "raise_alert", "resolve_alert"]
 
 
 async def audit(
@@ -65,16 +70,19 @@ async def audit_many(
     )
 
 
-async def record_alert(
+async def raise_alert(
     conn: Connection,
+    kind: AlertKind,
     *,
     dedup_key: str,
-    kind: str,
-    severity: str,
     summary: str,
     details: dict[str, Any],
 ) -> None:
-    """Open an alert, or count one more occurrence of the open alert with this dedup key."""
+    """Open an alert of ``kind``, or count one more occurrence of the open alert with this key.
+
+    Only an alert that opens wakes the alert relay (which routes it to its group's escalation);
+    a repeat is one row update and costs nothing else.
+    """
     row = await conn.fetchrow(
         "INSERT INTO alerts (dedup_key, kind, severity, summary, details)"
         " VALUES ($1, $2, $3, $4, $5)"
@@ -82,8 +90,8 @@ async def record_alert(
         " SET occurrences = alerts.occurrences + 1, last_seen_at = now()"
         " RETURNING id, occurrences",
         dedup_key,
-        kind,
-        severity,
+        kind.name,
+        kind.severity,
         summary,
         details,
     )
@@ -99,18 +107,21 @@ async def record_alert(
             reason=summary,
             event_id=details.get("event_id"),
         )
+        await conn.execute("SELECT pg_notify($1, '')", ALERTS_CHANNEL)
 
 
-async def resolve_alert(conn: Connection, dedup_key: str, *, reason: str) -> bool:
+async def resolve_alert(
+    conn: Connection, dedup_key: str, *, reason: str, actor: str = "switchboard"
+) -> bool:
     """Resolve the open alert with this dedup key because its condition cleared."""
     alert_id = await conn.fetchval(
-        "UPDATE alerts SET status = 'resolved', resolved_at = now()"
+        "UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = $2"
         " WHERE dedup_key = $1 AND status <> 'resolved' RETURNING id",
         dedup_key,
+        actor,
     )
     if alert_id is None:
         return False
-    await audit(
-        conn, "alert", str(alert_id), "open", "resolved", actor="switchboard", reason=reason
-    )
+    await audit(conn, "alert", str(alert_id), "open", "resolved", actor=actor, reason=reason)
+    await conn.execute("SELECT pg_notify($1, '')", ALERTS_CHANNEL)
     return True

@@ -17,6 +17,8 @@ from temporalio.common import SearchAttributeKey
 from core.states import Transitions
 
 __all__ = [
+    "ALERTS_CHANNEL",
+    "ALREADY_DONE",
     "DELIVERIES_CHANNEL",
     "DELIVERY_TRANSITIONS",
     "ENTITY_ID",
@@ -24,6 +26,7 @@ __all__ = [
     "INBOX_CHANNEL",
     "KNOWN_EVENT_TYPES",
     "MERCHANT_ID",
+    "NOTIFY_ACTIVITY",
     "PARTNER_ID",
     "SEARCH_ATTRIBUTES",
     "WEBHOOK_ID",
@@ -35,8 +38,13 @@ __all__ = [
     "DeadLetterCause",
     "DeliveryRef",
     "DeliveryStatus",
+    "EscalationInput",
+    "EscalationStepPlan",
     "EventType",
     "LaneInput",
+    "NotifyAction",
+    "NotifyInput",
+    "NotifyResult",
     "Outcome",
     "ParkInput",
     "Priority",
@@ -46,6 +54,7 @@ __all__ = [
     "WebhookStatus",
     "delivery_lane_workflow_id",
     "entity_key",
+    "escalation_workflow_id",
     "merchant_channel",
     "priority_of",
     "webhook_workflow_id",
@@ -246,6 +255,9 @@ DELIVERIES_CHANNEL = "switchboard_deliveries"
 """Postgres NOTIFY channel: deliveries were planned, replayed or released (the delivery relay
 listens)."""
 
+ALERTS_CHANNEL = "switchboard_alerts"
+"""Postgres NOTIFY channel: an alert opened or resolved (the alert relay listens)."""
+
 
 def merchant_channel(merchant_id: str) -> str:
     """The Redis pub/sub channel carrying one merchant's events to the gateway."""
@@ -346,3 +358,71 @@ class AttemptResult:
     verdict: Verdict
     retry_after_seconds: float | None = None
     detail: str | None = None
+
+
+# -- on-call -------------------------------------------------------------------------------------
+
+
+NOTIFY_ACTIVITY = "notify_alert_group"
+"""The notification activity's name (``activities/notify.py``), which escalations call."""
+ALREADY_DONE = "AlreadyDone"
+"""The error ``type`` an escalation's update validator refuses with: already acknowledged or
+resolved (the api answers 409)."""
+
+
+def escalation_workflow_id(group_id: str) -> str:
+    """The workflow id of one alert group's escalation."""
+    return f"alert-group:{group_id}"
+
+
+@dataclass(frozen=True)
+class EscalationStepPlan:
+    """Notify ``channels`` once ``after_seconds`` have passed since the group opened."""
+
+    after_seconds: float
+    channels: list[str]
+
+
+@dataclass(frozen=True)
+class EscalationInput:
+    """Starts one :class:`workflows.escalation.EscalationWorkflow` with its route's plan."""
+
+    group_id: str
+    route: str
+    group_wait_seconds: float
+    repeat_interval_seconds: float
+    steps: list[EscalationStepPlan]
+    repage_every_seconds: float | None = None
+    repage_times: int = 0
+
+
+class NotifyAction(StrEnum):
+    """What one notification call does on every channel the group uses."""
+
+    TRIGGER = "trigger"  # post (Slack) / trigger (PagerDuty) for an escalation step
+    SUMMARY = "summary"  # new occurrences since the last summary, into the Slack thread
+    ACKNOWLEDGE = "acknowledge"
+    RESOLVE = "resolve"
+
+
+@dataclass(frozen=True)
+class NotifyInput:
+    """One notification of a group; ``step`` numbers triggers so a retry repeats, not adds."""
+
+    group_id: str
+    action: NotifyAction
+    channels: list[str]
+    at: str
+    """The workflow's time (ISO): silences are judged at it, so they follow the workflow's clock."""
+    step: int = 0
+    actor: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    """``held_until`` (ISO time) when a silence or an inhibiting alert held the trigger back;
+    ``open_alerts`` is how many of the group's alerts are still open."""
+
+    held_until: str | None
+    open_alerts: int

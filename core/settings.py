@@ -10,14 +10,35 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEV_ADMIN_API_KEY", "DEV_DASHBOARD_TOKEN_SECRET", "Settings"]
+__all__ = [
+    "DEV_ADMIN_API_KEY",
+    "DEV_DASHBOARD_TOKEN_SECRET",
+    "DEV_PAGERDUTY_ROUTING_KEY",
+    "DEV_SLACK_SIGNING_SECRET",
+    "DEV_SLACK_TOKEN",
+    "PAGERDUTY_SINK_PATH",
+    "SLACK_SINK_PATH",
+    "Settings",
+]
 
 DEV_ADMIN_API_KEY = "sb_dev_admin_key"
 DEV_DASHBOARD_TOKEN_SECRET = "sb_dev_dashboard_token_secret_not_for_production"
+DEV_SLACK_TOKEN = "xoxb-switchboard-dev-sink"
+DEV_SLACK_SIGNING_SECRET = "switchboard_dev_slack_signing_secret"
+DEV_PAGERDUTY_ROUTING_KEY = "switchboarddevsinkroutingkey0000"
+# Where the dev stack's on-call sink serves each API (devstack/oncall_sink.py).
+SLACK_SINK_PATH = "/slack/api/"
+PAGERDUTY_SINK_PATH = "/pagerduty"
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class Settings(BaseSettings):
@@ -289,7 +310,53 @@ class Settings(BaseSettings):
         " a last event whose publish Redis dropped).",
     )
 
+    # On-call (alerting.yaml routes alerts to these channels).
+    alerting_policy: Path = Field(
+        Path(__file__).resolve().parent.parent / "alerting.yaml",
+        description="The on-call routing and escalation policy (YAML; see the default file).",
+    )
+    oncall_sink_port: int = Field(
+        58026,
+        description="Port of the dev stack's Slack and PagerDuty sink (development only).",
+    )
+    slack_base_url: str = Field(
+        f"http://127.0.0.1:58026{SLACK_SINK_PATH}",
+        description="Slack Web API base URL (https://slack.com/api/ in production).",
+    )
+    slack_bot_token: SecretStr = Field(
+        SecretStr(DEV_SLACK_TOKEN), description="Slack bot token (chat:write)."
+    )
+    slack_channel: str = Field("#switchboard-oncall", description="Slack channel for alerts.")
+    slack_signing_secret: SecretStr = Field(
+        SecretStr(DEV_SLACK_SIGNING_SECRET),
+        description="Verifies Slack's interactive callbacks (the Acknowledge button).",
+    )
+    pagerduty_base_url: str = Field(
+        f"http://127.0.0.1:58026{PAGERDUTY_SINK_PATH}",
+        description="PagerDuty Events API v2 base URL (production: https://events.pagerduty.com).",
+    )
+    pagerduty_routing_key: SecretStr = Field(
+        SecretStr(DEV_PAGERDUTY_ROUTING_KEY),
+        description="PagerDuty Events API v2 integration (routing) key.",
+    )
+
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_the_oncall_sinks(self) -> Settings:
+        if self.environment != "production":
+            return self
+        for name in ("slack_base_url", "pagerduty_base_url"):
+            if _is_loopback(getattr(self, name)):
+                raise ValueError(f"SWITCHBOARD_{name.upper()} points at the dev sink in production")
+        for name, dev in (
+            ("slack_bot_token", DEV_SLACK_TOKEN),
+            ("slack_signing_secret", DEV_SLACK_SIGNING_SECRET),
+            ("pagerduty_routing_key", DEV_PAGERDUTY_ROUTING_KEY),
+        ):
+            if getattr(self, name).get_secret_value() == dev:
+                raise ValueError(f"SWITCHBOARD_{name.upper()} must be set in production")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -37,6 +37,7 @@ class StackPorts:
     temporal: int
     temporal_ui: int
     smtp: int
+    oncall_sink: int
     worker_metrics: int
     worker_sdk_metrics: int
 
@@ -64,6 +65,7 @@ class StackPorts:
             "gateway_port": self.gateway,
             "gateway_public_url": f"ws://{host}:{self.gateway}",
             "smtp_port": self.smtp,
+            "oncall_sink_port": self.oncall_sink,
             "worker_metrics_port": self.worker_metrics,
             "worker_sdk_metrics_port": self.worker_sdk_metrics,
         }

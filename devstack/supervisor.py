@@ -2,7 +2,8 @@
 
 :func:`start_services` starts the backing services on the ports of the settings;
 :func:`child_settings` is what the api, the worker and the gateway read (the services' URLs,
-the mail sink, loopback deliveries, dashboard Origins that follow the api's port).
+the mail sink, the Slack and PagerDuty sink, loopback deliveries, dashboard Origins that follow
+the api's port).
 :class:`Supervisor` runs those three: a crashed one is restarted with exponential backoff
 (1 s doubling to 30 s, back to 1 s after a minute up) and the console says so; a backing
 service that dies is named, reaped and started again in place (same port, same data); on stop,
@@ -19,8 +20,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.contracts import SEARCH_ATTRIBUTES
-from core.settings import Settings
+from core.settings import PAGERDUTY_SINK_PATH, SLACK_SINK_PATH, Settings
 from devstack.mailsink import MailSink, maildir
+from devstack.oncall_sink import OncallSink
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import Service, ServiceError, SwitchboardProcess, stop_all
 from devstack.redis import EmbeddedRedis
@@ -52,10 +54,12 @@ class DevServices:
     redis: EmbeddedRedis
     temporal: TemporalDevServer
     mail: MailSink
+    oncall: OncallSink
 
     @property
     def supervised(self) -> tuple[Service, ...]:
-        """The services run as child processes (the mail sink is a thread of this one)."""
+        """The services run as child processes (the mail and on-call sinks are threads of this
+        one)."""
         return (self.postgres, self.redis, self.temporal)
 
 
@@ -78,7 +82,8 @@ def start_services(settings: Settings, stack: contextlib.ExitStack) -> DevServic
     for service in (postgres, redis, temporal):
         stack.enter_context(service)
     mail = stack.enter_context(MailSink(maildir(settings).absolute(), port=settings.smtp_port))
-    return DevServices(postgres, redis, temporal, mail)
+    oncall = stack.enter_context(OncallSink(settings.oncall_sink_port))
+    return DevServices(postgres, redis, temporal, mail, oncall)
 
 
 def dashboard_origins(settings: Settings) -> list[str]:
@@ -101,6 +106,8 @@ def child_settings(settings: Settings, services: DevServices) -> Settings:
         "temporal_ui_url": services.temporal.ui_url or settings.temporal_ui_url,
         "smtp_host": services.mail.host,
         "smtp_port": services.mail.port,
+        "slack_base_url": f"{services.oncall.url}{SLACK_SINK_PATH}",
+        "pagerduty_base_url": f"{services.oncall.url}{PAGERDUTY_SINK_PATH}",
         # Development only: let merchant endpoints on this machine receive deliveries.
         "delivery_allow_networks": settings.delivery_allow_networks or "127.0.0.0/8,::1/128",
     }

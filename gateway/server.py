@@ -40,7 +40,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from core.audit import record_alert, resolve_alert
+from core.alerting import Severity, alert_kind
+from core.audit import raise_alert, resolve_alert
 from core.dashboard_tokens import DashboardGrant, verify_dashboard_token
 from core.db import DATABASE_UNREACHABLE, connect_pool
 from core.errors import InvalidDashboardToken
@@ -71,6 +72,11 @@ log = logging.getLogger(__name__)
 
 WEBSOCKET_PATH = "/ws"
 REDIS_ALERT_KEY = "gateway:redis-unreachable"
+REDIS_UNREACHABLE = alert_kind(
+    "gateway_redis_unreachable",
+    Severity.ERROR,
+    "A gateway cannot reach Redis: dashboards are fed from Postgres, slower, until it is back.",
+)
 SHUTDOWN_SECONDS = 5.0
 """How long clients get to acknowledge the 1012 close before their sockets are reset."""
 CLOSE_TIMEOUT_SECONDS = 2.0
@@ -402,11 +408,10 @@ class Gateway:
     async def _record_redis_alert(self, seconds_down: float) -> None:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await record_alert(
+                await raise_alert(
                     conn,
+                    REDIS_UNREACHABLE,
                     dedup_key=REDIS_ALERT_KEY,
-                    kind="gateway_redis_unreachable",
-                    severity="warning",
                     summary=f"gateway {self.instance} cannot reach Redis"
                     f" for {seconds_down:.0f} s; dashboards are fed from Postgres meanwhile",
                     details={"instance": self.instance, "seconds_down": round(seconds_down)},

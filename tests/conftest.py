@@ -20,8 +20,9 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 
 from core.contracts import SEARCH_ATTRIBUTES
-from core.settings import Settings
+from core.settings import PAGERDUTY_SINK_PATH, SLACK_SINK_PATH, Settings
 from devstack.mailsink import MailSink
+from devstack.oncall_sink import OncallSink
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.redis import EmbeddedRedis
@@ -49,6 +50,13 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 def mail_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailSink]:
     """A real SMTP server (the dev stack's sink) that keeps every email it receives."""
     with MailSink(tmp_path_factory.mktemp("mail"), port=free_port()) as sink:
+        yield sink
+
+
+@pytest.fixture(scope="session")
+def oncall_sink() -> Iterator[OncallSink]:
+    """A real HTTP server answering as Slack and PagerDuty do (the dev stack's sink)."""
+    with OncallSink(free_port()) as sink:
         yield sink
 
 
@@ -85,7 +93,11 @@ async def temporal_client(temporal_server: TemporalDevServer) -> Client:
 
 @pytest_asyncio.fixture(scope="session")
 async def settings(
-    postgres_admin_url: str, redis_url: str, temporal_server: TemporalDevServer, mail_sink: MailSink
+    postgres_admin_url: str,
+    redis_url: str,
+    temporal_server: TemporalDevServer,
+    mail_sink: MailSink,
+    oncall_sink: OncallSink,
 ) -> Settings:
     return Settings(
         environment="test",
@@ -101,6 +113,8 @@ async def settings(
         # Retries over a second apart (after ±20 % jitter) show a fresh timestamp per attempt.
         delivery_retry_schedule=[0, 1.3, 1.3, 1.3, 1.3],
         smtp_port=mail_sink.port,
+        slack_base_url=f"{oncall_sink.url}{SLACK_SINK_PATH}",
+        pagerduty_base_url=f"{oncall_sink.url}{PAGERDUTY_SINK_PATH}",
     )
 
 

@@ -20,6 +20,7 @@ import httpx
 import uvicorn
 from redis.asyncio import Redis
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -255,15 +256,31 @@ async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]
 async def time_skipping_stack(
     env: WorkflowEnvironment, postgres_admin_url: str, settings: Settings, **overrides: Any
 ) -> AsyncIterator[tuple[asyncpg.Pool, httpx.AsyncClient, Partner]]:
-    """Api, worker and relays on a database of their own, with workflows on virtual time."""
+    """Api, worker and relays on a database of their own, with workflows on virtual time (the
+    api's Temporal client too, for acknowledgements and resolutions)."""
+    overrides.setdefault("temporal_address", env.client.service_client.config.target_host)
     isolated = await isolated_settings(settings, postgres_admin_url, **overrides)
     async with (
         stores(isolated) as (pool, redis),
         running_api(isolated) as api_url,
-        httpx.AsyncClient(base_url=api_url) as http,
-        running_worker(isolated, env.client, pool, redis),
+        httpx.AsyncClient(base_url=api_url, timeout=30) as http,
     ):
-        yield pool, http, await add_partner(pool, http)
+        try:
+            async with running_worker(isolated, env.client, pool, redis):
+                yield pool, http, await add_partner(pool, http)
+        finally:
+            await _end_escalations(env.client, pool)
+
+
+async def _end_escalations(client: Client, pool: asyncpg.Pool) -> None:
+    """Terminate the escalations a test opened: they never end by themselves, and left running
+    on a shared virtual clock (their activities waiting for a worker that is gone) they would
+    hold time back for the next test."""
+    for row in await pool.fetch(
+        "SELECT workflow_id FROM alert_groups WHERE workflow_id IS NOT NULL"
+    ):
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(row["workflow_id"]).terminate()
 
 
 _RECORD_STATUS_CHANGES = """

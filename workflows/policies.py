@@ -18,6 +18,8 @@ __all__ = [
     "LEDGER_LOCAL_RETRY_THRESHOLD",
     "LEDGER_RETRY",
     "LEDGER_TIMEOUT",
+    "NOTIFY_RETRY",
+    "NOTIFY_TIMEOUT",
     "PUBLISH_RETRY",
     "PUBLISH_TIMEOUT",
 ]
@@ -47,6 +49,15 @@ PUBLISH_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
 )
 PUBLISH_TIMEOUT = timedelta(seconds=10)
+
+# Notifications (Slack, PagerDuty) retry until they get through: a page must never be lost.
+# Retry-After on a 429 overrides the interval (the activity sets next_retry_delay).
+NOTIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+)
+NOTIFY_TIMEOUT = timedelta(seconds=30)
 
 # A delivery attempt records its outcome in Postgres; only that bookkeeping is retried here
 # (Postgres away). The HTTP or SMTP outcome itself is a verdict the lane schedules around.

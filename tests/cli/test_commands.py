@@ -78,7 +78,7 @@ def test_unreachable_api_is_a_clean_error(tmp_path: Any) -> None:
     """With no api listening, commands say where they tried and exit 1."""
     result = CliRunner().invoke(
         app,
-        ["alerts", "--json"],
+        ["alerts", "list", "--json"],
         env={
             "SWITCHBOARD_PUBLIC_BASE_URL": "http://127.0.0.1:9",
             "SWITCHBOARD_DATA_DIR": str(tmp_path),
