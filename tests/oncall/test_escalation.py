@@ -4,16 +4,20 @@ silences, inhibition, and channels that fail for a while."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
+from slack_sdk.signature import SignatureVerifier
 from temporalio.testing import WorkflowEnvironment
 
 from activities.notify import pagerduty_dedup_key
 from core.audit import resolve_alert
-from core.settings import Settings
+from core.settings import DEV_SLACK_SIGNING_SECRET, Settings
 from tests.oncall.support import ADMIN, TEST_ERROR, Oncall, oncall_stack
 from tests.support import wait_for
 
@@ -173,3 +177,46 @@ async def test_an_open_source_alert_inhibits_its_targets(oncall: Oncall) -> None
     await oncall.wait_timeline(group_id, ("held", None))
     texts = [str(p.get("text")) for p in oncall.slack_posts()]
     assert not any("test_error" in text for text in texts)
+
+
+async def test_slack_acknowledge_button_is_verified_and_accepted_once(oncall: Oncall) -> None:
+    """The Acknowledge button's callback: forged and stale ones are refused (401), a genuine one
+    acknowledges the group as that Slack user, and the same callback replayed is refused (409)."""
+    alert_id = await oncall.raise_alert(key="slack-button")
+    group_id = await oncall.group_of(alert_id)
+    await oncall.wait_timeline(group_id, ("notified", "slack"))
+    payload = {
+        "type": "block_actions",
+        "user": {"id": "U123", "username": "alice"},
+        "actions": [{"action_id": "acknowledge", "value": group_id}],
+    }
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+
+    def signed(secret: str, timestamp: int) -> dict[str, str]:
+        signature = SignatureVerifier(secret).generate_signature(
+            timestamp=str(timestamp), body=body
+        )
+        assert signature is not None
+        return {
+            "x-slack-request-timestamp": str(timestamp),
+            "x-slack-signature": signature,
+            "content-type": "application/x-www-form-urlencoded",
+        }
+
+    now = int(time.time())
+    forged = await oncall.http.post(
+        "/slack/interactions", content=body, headers=signed("not-the-secret", now)
+    )
+    assert forged.status_code == 401
+    stale = await oncall.http.post(
+        "/slack/interactions", content=body, headers=signed(DEV_SLACK_SIGNING_SECRET, now - 600)
+    )
+    assert stale.status_code == 401
+    genuine = signed(DEV_SLACK_SIGNING_SECRET, now)
+    accepted = await oncall.http.post("/slack/interactions", content=body, headers=genuine)
+    assert accepted.status_code == 200, accepted.text
+    replayed = await oncall.http.post("/slack/interactions", content=body, headers=genuine)
+    assert replayed.status_code == 409
+    group = (await oncall.http.get(f"/v1/alerts/{alert_id}", headers=ADMIN)).json()
+    assert group["status"] == "acknowledged" and group["acknowledged_by"] == "slack:alice"
+    await oncall.wait_timeline(group_id, ("acknowledged", "slack"))
