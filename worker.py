@@ -21,7 +21,17 @@ from datetime import timedelta
 import asyncpg
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+)
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -29,6 +39,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from activities.deliveries import DeliveryActivities
 from activities.email import Mailer
 from activities.ledger import LedgerActivities
+from activities.monitor import HealthActivities
 from activities.notify import NotifyActivities, PagerDuty, Slack
 from activities.publish import PublishActivities
 from core.alert_policy import RoutingPolicy, load_policy
@@ -42,11 +53,21 @@ from relays.deliveries import DeliveryRelay
 from relays.inbox import InboxRelay
 from workflows.delivery import DeliveryLaneWorkflow
 from workflows.escalation import EscalationWorkflow
+from workflows.monitor import HealthMonitorWorkflow
 from workflows.webhook import WebhookWorkflow
 
-__all__ = ["WORKFLOWS", "build_delivery_worker", "build_worker", "main", "running_workers", "serve"]
+__all__ = [
+    "WORKFLOWS",
+    "build_delivery_worker",
+    "build_oncall_worker",
+    "build_worker",
+    "ensure_monitor_schedule",
+    "main",
+    "running_workers",
+    "serve",
+]
 
-WORKFLOWS = [WebhookWorkflow, DeliveryLaneWorkflow, EscalationWorkflow]
+WORKFLOWS = [WebhookWorkflow, DeliveryLaneWorkflow, EscalationWorkflow, HealthMonitorWorkflow]
 log = logging.getLogger("switchboard.worker")
 
 
@@ -55,22 +76,16 @@ def build_worker(
     settings: Settings,
     pool: asyncpg.Pool,
     redis: Redis,
-    policy: RoutingPolicy,
-    stack: AsyncExitStack,
 ) -> Worker:
-    """The Temporal worker for webhook workflows and alert escalations, with every activity's
-    clients injected; the clients close with ``stack``."""
+    """The Temporal worker for webhook workflows, with every activity's clients injected."""
     ledger = LedgerActivities(pool)
     publish = PublishActivities(pool, redis)
-    pagerduty_client = PagerDuty(settings)
-    stack.callback(pagerduty_client.close)
-    notify = NotifyActivities(pool, Slack(settings), pagerduty_client, policy, settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[WebhookWorkflow, EscalationWorkflow],
+        workflows=[WebhookWorkflow],
         workflow_runner=_runner(settings),
-        activities=[ledger.apply_event, ledger.park_event, publish.publish_event, notify.notify],
+        activities=[ledger.apply_event, ledger.park_event, publish.publish_event],
         max_concurrent_workflow_tasks=settings.relay_max_in_flight,
         max_concurrent_local_activities=settings.relay_max_in_flight,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -102,6 +117,54 @@ def build_delivery_worker(
     )
 
 
+def build_oncall_worker(
+    client: Client,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    policy: RoutingPolicy,
+    stack: AsyncExitStack,
+) -> Worker:
+    """The Temporal worker for alert escalations and the health monitor, on a task queue of
+    their own so that a webhook backlog they report on never delays them; its clients close
+    with ``stack``."""
+    pagerduty_client = PagerDuty(settings)
+    stack.callback(pagerduty_client.close)
+    notify = NotifyActivities(pool, Slack(settings), pagerduty_client, policy, settings)
+    health = HealthActivities(pool, client, settings)
+    return Worker(
+        client,
+        task_queue=settings.oncall_task_queue,
+        workflows=[EscalationWorkflow, HealthMonitorWorkflow],
+        workflow_runner=_runner(settings),
+        activities=[notify.notify, health.check],
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def ensure_monitor_schedule(client: Client, settings: Settings) -> None:
+    """Create (or bring up to date) the Temporal Schedule that runs the health monitor."""
+    schedule_id = f"health-monitor:{settings.oncall_task_queue}"
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            HealthMonitorWorkflow.run,
+            id=schedule_id,
+            task_queue=settings.oncall_task_queue,
+        ),
+        spec=ScheduleSpec(
+            intervals=[
+                ScheduleIntervalSpec(every=timedelta(seconds=settings.monitor_interval_seconds))
+            ]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(schedule_id, schedule)
+    except ScheduleAlreadyRunningError:
+        await client.get_schedule_handle(schedule_id).update(
+            lambda _: ScheduleUpdate(schedule=schedule)
+        )
+
+
 def _runner(settings: Settings) -> SandboxedWorkflowRunner | UnsandboxedWorkflowRunner:
     # Determinism is enforced where it is cheap: the test suite runs workflows sandboxed and the
     # replay test replays committed histories in the sandbox. Production skips the per-run cost.
@@ -119,8 +182,11 @@ async def running_workers(
     """
     policy = load_policy(settings.alerting_policy)
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(build_worker(client, settings, pool, redis, policy, stack))
+        await stack.enter_async_context(build_worker(client, settings, pool, redis))
         await stack.enter_async_context(build_delivery_worker(client, settings, pool, stack))
+        await stack.enter_async_context(build_oncall_worker(client, settings, pool, policy, stack))
+        if settings.monitor_schedule:
+            await ensure_monitor_schedule(client, settings)
         if relays:
             for relay in (
                 InboxRelay(pool, client, settings),

@@ -68,6 +68,7 @@ DETECTORS = (
     "activities.ledger",
     "activities.deliveries",
     "activities.endpoint_health",
+    "activities.monitor",
     "gateway.server",
 )
 

@@ -23,6 +23,7 @@ __all__ = [
     "DELIVERY_TRANSITIONS",
     "ENTITY_ID",
     "EVENT_TYPE",
+    "HEALTH_CHECK_ACTIVITY",
     "INBOX_CHANNEL",
     "KNOWN_EVENT_TYPES",
     "MERCHANT_ID",
@@ -41,6 +42,7 @@ __all__ = [
     "EscalationInput",
     "EscalationStepPlan",
     "EventType",
+    "HealthReport",
     "LaneInput",
     "NotifyAction",
     "NotifyInput",
@@ -363,6 +365,8 @@ class AttemptResult:
 # -- on-call -------------------------------------------------------------------------------------
 
 
+HEALTH_CHECK_ACTIVITY = "check_health"
+"""The health monitor's activity name (``activities/monitor.py``)."""
 NOTIFY_ACTIVITY = "notify_alert_group"
 """The notification activity's name (``activities/notify.py``), which escalations call."""
 ALREADY_DONE = "AlreadyDone"
@@ -426,3 +430,11 @@ class NotifyResult:
 
     held_until: str | None
     open_alerts: int
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What one health check saw: the dedup keys of the alerts it holds open (it resolved the
+    others it owns)."""
+
+    open_alerts: list[str]

@@ -315,9 +315,43 @@ class Settings(BaseSettings):
         Path(__file__).resolve().parent.parent / "alerting.yaml",
         description="The on-call routing and escalation policy (YAML; see the default file).",
     )
+    oncall_task_queue: str = Field(
+        "switchboard-oncall",
+        description="Task queue of escalations and the health monitor (apart from the webhook "
+        "backlog they may be reporting).",
+    )
+    monitor_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the health monitor's Temporal Schedule runs it."
+    )
+    monitor_schedule: bool = Field(
+        True, description="Whether the worker keeps the health monitor's Temporal Schedule."
+    )
+    inbox_age_alert_seconds: float = Field(
+        120.0, gt=0, description="Oldest webhook still waiting in the inbox before an alert."
+    )
+    backlog_age_alert_seconds: float = Field(
+        60.0, gt=0, description="Oldest task waiting on a Temporal task queue before an alert."
+    )
+    decline_window_seconds: float = Field(
+        300.0, gt=0, description="Window in which a merchant's payment failure rate is judged."
+    )
+    decline_min_failures: int = Field(
+        10, ge=1, description="Failures in the window below which no decline alert is raised."
+    )
+    decline_rate_factor: float = Field(
+        3.0,
+        gt=1,
+        description="A decline alert when the window's failure rate exceeds this many times the "
+        "merchant's rate over the previous day, and half of its payments.",
+    )
     oncall_sink_port: int = Field(
         58026,
         description="Port of the dev stack's Slack and PagerDuty sink (development only).",
+    )
+    play_endpoint_port: int = Field(
+        58027,
+        description="Port of the dev stack's play endpoint, which receives and verifies the demo "
+        "merchant's webhooks (development only).",
     )
     slack_base_url: str = Field(
         f"http://127.0.0.1:58026{SLACK_SINK_PATH}",

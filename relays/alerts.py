@@ -135,7 +135,7 @@ class AlertRelay(NotifiedRelay):
                     repage_times=route.repeat.times if route.repeat else 0,
                 ),
                 id=workflow_id,
-                task_queue=self._settings.task_queue,
+                task_queue=self._settings.oncall_task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 static_summary=f"alert group {group['id']} ({route.name})",
                 request_eager_start=True,

@@ -108,6 +108,9 @@ async def settings(
         relay_sweep_seconds=1.0,
         workflow_sandbox=True,
         delivery_task_queue=f"dq-{uuid.uuid4().hex[:8]}",
+        oncall_task_queue=f"oq-{uuid.uuid4().hex[:8]}",
+        # The health monitor's Schedule is tested on its own (tests/oncall/test_monitor.py).
+        monitor_schedule=False,
         # Stub merchants live on loopback: only this explicit allow-list lets deliveries reach them.
         delivery_allow_networks="127.0.0.1/32",
         # Retries over a second apart (after ±20 % jitter) show a fresh timestamp per attempt.

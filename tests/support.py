@@ -67,11 +67,13 @@ async def fresh_database(admin_url: str) -> str:
 
 
 async def isolated_settings(base: Settings, postgres_admin_url: str, **overrides: Any) -> Settings:
-    """``base`` with a database and a task queue of its own, so no other relay sees its rows."""
+    """``base`` with a database and task queues of its own, so no other relay or worker sees its
+    rows."""
     return base.model_copy(
         update={
             "database_url": await fresh_database(postgres_admin_url),
             "task_queue": f"tq-{uuid.uuid4().hex[:8]}",
+            "oncall_task_queue": f"oq-{uuid.uuid4().hex[:8]}",
             **overrides,
         }
     )
