@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Operator, require
-from api.operator import OPERATOR_PROBLEMS, Config, Pool, Read, single_valued_query
+from api.deps import OPERATOR_PROBLEMS, Config, Pool, Read, single_valued_query
 from api.problems import problems
 from api.schemas import Alert, AlertGroup, AlertResolution, Silence, SilenceIn, TimelineEntry
 from core.audit import audit

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
 
 from api.auth import require
-from api.operator import OPERATOR_PROBLEMS, Config, single_valued_query
+from api.deps import OPERATOR_PROBLEMS, Config, single_valued_query
 from api.problems import problems
 from core.dashboard_tokens import issue_dashboard_token, verify_dashboard_token
 from core.errors import InvalidDashboardToken, OperatorError

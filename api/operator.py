@@ -13,11 +13,20 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 
-from api.auth import Operator, create_api_key, require, revoke_api_key
+from api.auth import create_api_key, revoke_api_key
+from api.deps import (
+    OPERATOR_PROBLEMS,
+    Admin,
+    AdminOperator,
+    Config,
+    Pool,
+    Read,
+    ReplayOperator,
+    single_valued_query,
+)
 from api.partners import rotate_secret
-from api.problems import ANY_REQUEST, problems
+from api.problems import problems
 from api.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
@@ -50,7 +59,6 @@ from core.contracts import (
 from core.db import Connection
 from core.errors import OperatorError
 from core.merchant_events import events_after
-from core.settings import Settings
 from core.tenancy import (
     create_merchant,
     create_partner,
@@ -60,27 +68,7 @@ from core.tenancy import (
     update_partner,
 )
 
-__all__ = ["OPERATOR_PROBLEMS", "replay", "router", "single_valued_query"]
-
-
-async def single_valued_query(request: Request) -> None:
-    """Refuse a query parameter given more than once (``?since=a&since=b``): every operator
-    query parameter holds one value, and silently taking one of two is a guess (422)."""
-    keys = [key for key, _ in request.query_params.multi_items()]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise RequestValidationError(
-            [
-                {"loc": ("query", key), "msg": "is given more than once", "type": "repeated"}
-                for key in repeated
-            ]
-        )
-
-
-OPERATOR_PROBLEMS = problems(
-    400, 401, 403, 422, *ANY_REQUEST, why={400: "The body is not UTF-8 JSON text."}
-)
-"""What every ``/v1`` route can answer: no or a bad key, a missing scope, an invalid request."""
+__all__ = ["replay", "router"]
 
 router = APIRouter(
     prefix="/v1",
@@ -88,11 +76,6 @@ router = APIRouter(
     dependencies=[Depends(single_valued_query)],
     responses=OPERATOR_PROBLEMS,
 )
-Read = Depends(require("read"))
-Replay = Depends(require("replay"))
-ReplayOperator = Annotated[Operator, Replay]
-Admin = Depends(require("admin"))
-AdminOperator = Annotated[Operator, Admin]
 MerchantPath = Annotated[str, Path(max_length=128)]
 
 _TRACE_STEPS = (
@@ -100,21 +83,6 @@ _TRACE_STEPS = (
     ("recorded", "recorded_at"),
     ("workflow_started", "workflow_started_at"),
 )
-
-
-# Async so FastAPI does not hand them to its thread pool on every request.
-async def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
-
-
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-Pool = Annotated[asyncpg.Pool, Depends(_pool)]
-Config = Annotated[Settings, Depends(_settings)]
 
 
 @router.get(

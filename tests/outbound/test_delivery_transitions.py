@@ -50,7 +50,7 @@ def test_the_api_spells_the_same_statuses() -> None:
     """The deliveries API's status filter and schema list exactly the enum's values."""
     from typing import get_args
 
-    from api.endpoints import DeliveryStatusParam
+    from api.deliveries import DeliveryStatusParam
     from api.schemas import DeliveryOut
 
     assert set(get_args(DeliveryStatusParam)) == set(DeliveryStatus)

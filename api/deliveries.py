@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from fastapi import APIRouter, Depends, Query
 
-from api.operator import OPERATOR_PROBLEMS, Admin, Config, Pool, Read, Replay, single_valued_query
+from api.deps import OPERATOR_PROBLEMS, Admin, Config, Pool, Read, Replay, single_valued_query
 from api.problems import problems
 from api.schemas import (
     DeliveryAttemptOut,
