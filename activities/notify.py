@@ -36,6 +36,7 @@ from core.contracts import (
     NotifyInput,
     NotifyResult,
     escalation_workflow_id,
+    webhook_workflow_id,
 )
 from core.db import Connection
 from core.settings import Settings
@@ -175,7 +176,10 @@ class NotifyActivities:
             if group is None:
                 raise ApplicationError(f"no alert group {request.group_id}", non_retryable=True)
             alerts = await conn.fetch(
-                "SELECT * FROM alerts WHERE group_id = $1 ORDER BY id", request.group_id
+                "SELECT a.*, w.partner_id AS webhook_partner, w.webhook_id, w.run_count"
+                " FROM alerts a LEFT JOIN webhooks w ON w.event_id = a.details->>'event_id'"
+                " WHERE a.group_id = $1 ORDER BY a.id",
+                request.group_id,
             )
             open_alerts = sum(1 for alert in alerts if alert["status"] != "resolved")
             if request.action == NotifyAction.TRIGGER:
@@ -462,9 +466,18 @@ class NotifyActivities:
                 "text": "Escalation in Temporal",
             },
         ]
-        event_ids = [a["details"].get("event_id") for a in alerts if a["details"].get("event_id")]
-        if event_ids:
-            links.append({"href": f"{base}/v1/webhooks/{event_ids[0]}", "text": "Trace"})
+        # The first alert about a webhook: its trace, and its workflow in the Web UI.
+        about = next((a for a in alerts if a["webhook_id"] is not None), None)
+        if about is not None:
+            links.append(
+                {"href": f"{base}/v1/webhooks/{about['details']['event_id']}", "text": "Trace"}
+            )
+            workflow_id = webhook_workflow_id(
+                about["webhook_partner"], about["webhook_id"], about["run_count"]
+            )
+            links.append(
+                {"href": self._settings.workflow_ui_url(workflow_id), "text": "Webhook workflow"}
+            )
         return links
 
     @staticmethod

@@ -17,9 +17,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.notify import pagerduty_dedup_key
 from core.audit import resolve_alert
+from core.contracts import webhook_workflow_id
 from core.settings import DEV_SLACK_SIGNING_SECRET, Settings
 from tests.oncall.support import ADMIN, TEST_ERROR, Oncall, oncall_stack
-from tests.support import wait_for
+from tests.support import add_partner, wait_for, wait_settled
 
 
 @pytest.fixture
@@ -220,3 +221,32 @@ async def test_slack_acknowledge_button_is_verified_and_accepted_once(oncall: On
     group = (await oncall.http.get(f"/v1/alerts/{alert_id}", headers=ADMIN)).json()
     assert group["status"] == "acknowledged" and group["acknowledged_by"] == "slack:alice"
     await oncall.wait_timeline(group_id, ("acknowledged", "slack"))
+
+
+async def test_an_alert_about_a_webhook_links_its_trace_and_workflow(oncall: Oncall) -> None:
+    """On-call goes from the page to the cause in one click: the Slack message and the
+    PagerDuty event of an alert raised about a webhook link its trace and its workflow."""
+    partner = await add_partner(oncall.pool, oncall.http, onboarding=False)
+    event_id = await partner.send(
+        "payment.succeeded", payment_id="pay_l", merchant_id="m-nobody", amount=5, currency="EUR"
+    )
+    await wait_settled(oncall.pool, [event_id])
+    alert_id = await oncall.pool.fetchval(
+        "SELECT id FROM alerts WHERE kind = 'unlinked_merchant' AND details->>'event_id' = $1",
+        event_id,
+    )
+    group_id = await oncall.group_of(alert_id)
+    await oncall.env.sleep(timedelta(seconds=31))  # the route's group_wait
+    await oncall.wait_timeline(group_id, ("notified", "slack"))
+    (post,) = oncall.slack_posts()
+    text = json.dumps(post["blocks"])
+    assert f"/v1/webhooks/{event_id}" in text
+    assert webhook_workflow_id(partner.id, (await _webhook_id(oncall, event_id)), 0) in text
+    assert f"alert-group:{group_id}" in text
+
+
+async def _webhook_id(oncall: Oncall, event_id: str) -> str:
+    webhook_id: str = await oncall.pool.fetchval(
+        "SELECT webhook_id FROM webhooks WHERE event_id = $1", event_id
+    )
+    return webhook_id
