@@ -12,9 +12,10 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/swi
         --shell /usr/sbin/nologin switchboard
 WORKDIR /home/switchboard
 
-# Dependencies first, from the lock alone, so code changes reuse this layer.
-COPY pyproject.toml requirements.lock /src/
-RUN pip install -r /src/requirements.lock
+# Dependencies first, from the runtime lock alone (no embedded dev servers, test or lint tools),
+# so code changes reuse this layer.
+COPY pyproject.toml requirements-runtime.lock /src/
+RUN pip install -r /src/requirements-runtime.lock
 
 # Then Switchboard itself, without touching the locked dependencies. Processes import the
 # installed packages (migrations included) from site-packages, so the sources are dropped.

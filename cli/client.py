@@ -16,7 +16,7 @@ from rich.console import Console
 
 from core.settings import Settings
 
-__all__ = ["Json", "call", "console", "emit", "err", "fail", "operator_client"]
+__all__ = ["Json", "call", "console", "dev_only", "emit", "err", "fail", "operator_client"]
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -39,6 +39,24 @@ def fail(message: str, as_json: bool, code: int = 1) -> NoReturn:
     else:
         err.print(f"[red]{message}[/red]")
     raise typer.Exit(code)
+
+
+def dev_only(command: str, as_json: bool) -> None:
+    """Fail with a clear message unless the development stack's servers are installed.
+
+    The production image leaves them out (it installs requirements-runtime.lock), so commands
+    that run or read the dev stack import :mod:`devstack` only after this check.
+    """
+    import devstack
+
+    if missing := devstack.missing_servers():
+        fail(
+            f"`switchboard {command}` needs the development stack, whose packages are not"
+            f" installed here: {', '.join(missing)} (the production image leaves them out)."
+            " From a source checkout, run `./run switchboard ...`: it installs requirements.lock.",
+            as_json,
+            code=2,
+        )
 
 
 def operator_client(settings: Settings) -> httpx.Client:

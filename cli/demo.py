@@ -2,8 +2,10 @@
 
 Open-loop: webhook *i* is sent at ``start + i / rate`` whatever the answers take, like a real
 partner. The mix is payments (some failing), partial refunds of earlier payments, and balance
-updates, spread over a few merchants. After sending, it waits (bounded) until Switchboard has
-processed what it accepted, reading the operator API's per-partner counts.
+updates, spread over a few merchants, the first of them the dev stack's ``merchant_demo`` (the
+merchant whose dashboard ``switchboard dev`` prints, and whose play endpoint receives). After
+sending, it waits (bounded) until Switchboard has processed what it accepted, reading the
+operator API's per-partner counts.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ import json
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from cli.dev_state import DEMO_MERCHANT
 from core.signing import sign_headers
 
-__all__ = ["DemoPlan", "DemoReport", "run_demo"]
+__all__ = ["DemoPlan", "DemoReport", "demo_merchants", "run_demo"]
 
 SETTLE_TIMEOUT = 120.0
 FINAL = ("processed", "ignored", "dead_lettered")
@@ -39,27 +42,33 @@ class DemoReport:
     dead_lettered: int = 0
     still_pending: int = 0
     elapsed_seconds: float = 0.0
+    accepted_by_merchant: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
         return self.rejected + self.dead_lettered + self.still_pending
 
     def summary(self) -> str:
+        first = next(iter(self.accepted_by_merchant), None)
         return (
             f"sent {self.sent} in {self.elapsed_seconds:.1f}s · accepted {self.accepted}"
             f" · processed {self.processed} · failed {self.failed}"
             f" (rejected {self.rejected}, dead-lettered {self.dead_lettered},"
             f" pending {self.still_pending})"
+            + (f" · {self.accepted_by_merchant[first]} for {first}" if first else "")
         )
+
+
+def demo_merchants(first: str, count: int) -> list[str]:
+    """The merchants traffic is spread over: ``first``, then ``first_1`` … ``first_{count-1}``."""
+    return [first, *(f"{first}_{n}" for n in range(1, count))]
 
 
 class _Traffic:
     """Generates a plausible event stream: refunds only of payments already sent."""
 
-    def __init__(self, merchants: int, rng: random.Random) -> None:
-        self.merchants = (
-            [f"merchant_demo_{n}" for n in range(merchants)] if merchants > 1 else ["merchant_demo"]
-        )
+    def __init__(self, merchants: list[str], rng: random.Random) -> None:
+        self.merchants = merchants
         self.rng = rng
         self.refundable: list[tuple[str, str, int]] = []
 
@@ -109,6 +118,9 @@ class DemoPlan:
     rate: float
     duration: float
     merchants: int
+    first_merchant: str = DEMO_MERCHANT
+    seed: int | None = None
+    """Seeds the traffic's random choices (the same seed, the same mix and merchants)."""
 
 
 def run_demo(plan: DemoPlan, *, operator: httpx.Client, show_progress: bool) -> DemoReport:
@@ -120,7 +132,9 @@ async def _run(plan: DemoPlan, operator: httpx.Client, show_progress: bool) -> D
     report = DemoReport()
     rate, partner_id, secret = plan.rate, plan.partner_id, plan.secret
     total = max(1, int(rate * plan.duration))
-    traffic = _Traffic(plan.merchants, random.Random())
+    merchants = demo_merchants(plan.first_merchant, plan.merchants)
+    report.accepted_by_merchant = dict.fromkeys(merchants, 0)
+    traffic = _Traffic(merchants, random.Random(plan.seed))
     since = datetime.now(UTC)
     started = time.monotonic()
     progress = Progress(
@@ -133,7 +147,7 @@ async def _run(plan: DemoPlan, operator: httpx.Client, show_progress: bool) -> D
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=plan.base_url, timeout=30, limits=limits) as http:
 
-        async def send_one(body: bytes) -> None:
+        async def send_one(merchant: str, body: bytes) -> None:
             msg_id = f"msg_{uuid.uuid4().hex}"
             headers = {
                 "content-type": "application/json",
@@ -146,6 +160,7 @@ async def _run(plan: DemoPlan, operator: httpx.Client, show_progress: bool) -> D
                 ok = False
             report.accepted += ok
             report.rejected += not ok
+            report.accepted_by_merchant[merchant] += ok
 
         with progress:
             task = progress.add_task("send", total=total, accepted=0)
@@ -154,8 +169,9 @@ async def _run(plan: DemoPlan, operator: httpx.Client, show_progress: bool) -> D
                 delay = started + i / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                body = json.dumps(traffic.next()).encode()
-                sender = asyncio.create_task(send_one(body))
+                event = traffic.next()
+                body = json.dumps(event).encode()
+                sender = asyncio.create_task(send_one(event["data"]["merchant_id"], body))
                 pending.add(sender)
                 sender.add_done_callback(pending.discard)
                 report.sent += 1

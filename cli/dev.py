@@ -1,54 +1,39 @@
 """``switchboard dev``: the whole stack on embedded defaults, in one foreground command.
 
-Starts the backing services (Postgres, Redis, Temporal with its Web UI, the SMTP sink; see
-:mod:`devstack.supervisor`), applies the migrations, makes sure a demo partner and merchant
-exist, starts the api, the worker and the WebSocket gateway under the dev supervisor (which
-restarts a crashed one and starts a dead service again), prints the URLs and a ready-to-run
-example, then waits. Ctrl-C (or SIGTERM) stops the processes, then the services. Data stays in
-``SWITCHBOARD_DATA_DIR`` so the next run picks up where this one stopped.
+Starts the backing services (Postgres, Redis, Temporal with its Web UI, the SMTP, Slack and
+PagerDuty sinks, the play endpoint; see :mod:`devstack.supervisor`), applies the migrations,
+makes sure a demo partner and merchant exist, starts the api, the worker and the WebSocket
+gateway under the dev supervisor (which restarts a crashed one and starts a dead service
+again), registers the play endpoint as the demo merchant's endpoint, prints the URLs and a
+ready-to-run example, then waits. Ctrl-C (or SIGTERM) stops the processes, then the services.
+Data stays in ``SWITCHBOARD_DATA_DIR`` so the next run picks up where this one stopped.
+
+This module imports :mod:`devstack`, whose servers are development packages: ``cli.main``
+imports it only inside the ``dev`` command.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import signal
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import asyncpg
+import httpx
 
+from cli.client import operator_client
+from cli.dev_state import DEMO_MERCHANT, DEMO_PARTNER, DevState, load_dev_state, save_dev_state
 from core.db import migrate
 from core.settings import Settings
 from core.tenancy import create_merchant, create_partner
+from devstack.play import PlayEndpoint, PlayReceiver, register_play_endpoint
 from devstack.processes import ServiceError, SwitchboardProcess
 from devstack.supervisor import Supervisor, child_settings, start_services
 from devstack.temporal import TemporalDevServer
 
-__all__ = ["DEMO_MERCHANT", "DEMO_PARTNER", "DevState", "load_dev_state", "run_dev"]
-
-DEMO_PARTNER = "demo"
-DEMO_MERCHANT = "merchant_demo"
-STATE_FILE = "dev.json"
-
-
-@dataclass(frozen=True)
-class DevState:
-    """What ``switchboard dev`` tells other commands (``send``, ``demo``) about the stack."""
-
-    api_url: str
-    partner_id: str
-    partner_secret: str
-    merchant_id: str
-
-
-def load_dev_state(settings: Settings) -> DevState | None:
-    """The state file the last ``switchboard dev`` wrote, if any."""
-    path = settings.data_dir / STATE_FILE
-    if not path.exists():
-        return None
-    return DevState(**json.loads(path.read_text()))
+__all__ = ["run_dev"]
 
 
 def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
@@ -74,7 +59,15 @@ def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
         say("Applying migrations ...")
         migrate(postgres.url)
         state = asyncio.run(_ensure_demo_tenants(settings, postgres.url))
-        (data_dir / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
+        previous = load_dev_state(settings)
+        if previous is not None:  # keep the play endpoint's secret until it is checked
+            state = dataclasses.replace(
+                state,
+                play_endpoint_id=previous.play_endpoint_id,
+                play_endpoint_secret=previous.play_endpoint_secret,
+                play_url=previous.play_url,
+            )
+        save_dev_state(settings, state)
         supervisor = Supervisor(
             child_settings(settings, services), data_dir / "logs", services.supervised, say
         )
@@ -83,6 +76,7 @@ def run_dev(settings: Settings, say: Callable[[str], None]) -> int:
         if not _wait_for_api(supervisor.processes["api"], timeout=60):
             say("[red]The api did not come up; see .switchboard/logs/api.log[/red]")
             return 1
+        state = _ensure_play_endpoint(settings, state, services.play, say)
         say(_banner(settings, postgres.url, services.redis.url, services.temporal, state))
         say("[bold green]Switchboard is ready.[/bold green] Press Ctrl-C to stop.")
         exit_code = supervisor.run(lambda: stop_requested)
@@ -122,6 +116,29 @@ async def _ensure_demo_tenants(settings: Settings, database_url: str) -> DevStat
     return DevState(settings.public_base_url, DEMO_PARTNER, secret, DEMO_MERCHANT)
 
 
+def _ensure_play_endpoint(
+    settings: Settings, state: DevState, play: PlayReceiver, say: Callable[[str], None]
+) -> DevState:
+    """Register ``play`` as the demo merchant's endpoint (or keep the one registered before),
+    hand its secret to the receiver and keep it in the dev state."""
+    state = dataclasses.replace(state, play_url=play.url)
+    known = None
+    if state.play_endpoint_id and state.play_endpoint_secret:
+        known = PlayEndpoint(state.play_endpoint_id, state.play_endpoint_secret)
+    try:
+        with operator_client(settings) as operator:
+            endpoint = register_play_endpoint(operator, DEMO_MERCHANT, play.endpoint_url, known)
+    except httpx.HTTPError as error:
+        say(f"[yellow]Could not register the play endpoint: {error}[/yellow]")
+        return state
+    play.use_secrets([endpoint.secret])
+    state = dataclasses.replace(
+        state, play_endpoint_id=endpoint.endpoint_id, play_endpoint_secret=endpoint.secret
+    )
+    save_dev_state(settings, state)
+    return state
+
+
 def _wait_for_api(process: SwitchboardProcess, *, timeout: float) -> bool:
     try:
         process.wait_ready(timeout)
@@ -138,6 +155,7 @@ def _banner(
     state: DevState,
 ) -> str:
     api = settings.public_base_url
+    play_endpoint = state.play_endpoint_id or "(not registered)"
     return f"""
 [bold]Switchboard (development)[/bold]
   Ingress            POST {api}/webhooks/{{partner_id}}
@@ -150,14 +168,16 @@ def _banner(
   Redis              {redis_url}
   Mail sink          smtp://{settings.smtp_host}:{settings.smtp_port}  (./run switchboard mail list)
   Slack/PagerDuty    http://127.0.0.1:{settings.oncall_sink_port}  (./run switchboard pages list)
+  Play endpoint      {state.play_url}  (./run switchboard play list)
   Logs               {settings.data_dir}/logs/
   Demo partner       {state.partner_id}   secret {state.partner_secret}
-  Demo merchant      {state.merchant_id}
+  Demo merchant      {state.merchant_id}   endpoint {play_endpoint} → play endpoint
 
 Send a signed webhook (in another terminal):
   ./run switchboard send payment.succeeded --merchant {state.merchant_id} --amount 1250
   ./run switchboard demo --rate 20 --duration 30
 
-Receive the demo merchant's events as signed webhooks (URL of your own receiver):
+The demo merchant's events arrive at the play endpoint as signed webhooks, verified there.
+To receive them yourself too (URL of your own receiver):
   ./run switchboard endpoints add {state.merchant_id} http://127.0.0.1:9000/webhooks
 """

@@ -19,10 +19,10 @@ import httpx
 import typer
 from rich.table import Table
 
-from cli.client import Json, call, console, emit, fail, operator_client
-from cli.dev import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state, run_dev
+from cli.client import Json, call, console, dev_only, emit, fail, operator_client
+from cli.dev_state import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state
 from cli.oncall import alerts_app, pages_app
-from cli.outbound import deliveries_app, endpoints_app, mail_app
+from cli.outbound import deliveries_app, endpoints_app, mail_app, play_app
 from core.settings import Settings
 from core.signing import sign_headers
 
@@ -56,6 +56,7 @@ app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(mail_app, name="mail")
+app.add_typer(play_app, name="play")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(pages_app, name="pages")
 
@@ -65,6 +66,9 @@ app.add_typer(pages_app, name="pages")
 @app.command(epilog=_settings_help())
 def dev() -> None:
     """Run everything on embedded defaults: Postgres, Redis, Temporal (+ Web UI), api, worker."""
+    dev_only("dev", as_json=False)
+    from cli.dev import run_dev
+
     raise typer.Exit(run_dev(Settings(), console.print))
 
 
@@ -438,7 +442,9 @@ def send(
 def demo(
     rate: Annotated[float, typer.Option(help="Webhooks per second.")] = 10.0,
     duration: Annotated[float, typer.Option(help="Seconds to send for.")] = 30.0,
-    merchants: Annotated[int, typer.Option(help="Merchants to spread traffic over.")] = 5,
+    merchants: Annotated[
+        int, typer.Option(help="Merchants to spread traffic over, merchant_demo first.")
+    ] = 5,
     partner: Annotated[str | None, typer.Option(help="Default: the dev demo partner.")] = None,
     secret: Annotated[str | None, typer.Option(help="Default: the dev demo secret.")] = None,
     as_json: Json = False,
@@ -448,6 +454,8 @@ def demo(
 
     base_url, partner_id, key = _partner_credentials(partner, secret, as_json)
     plan = DemoPlan(base_url, partner_id, key, rate, duration, merchants)
+    if not as_json:
+        console.print(f"Watch it live: {base_url}/dashboard?merchant={plan.first_merchant}")
     report = run_demo(plan, operator=operator_client(Settings()), show_progress=not as_json)
     emit(as_json, report.__dict__, report.summary())
     if report.failed:

@@ -1,19 +1,25 @@
 """Terminal commands for outbound deliveries: merchant endpoints, deliveries with their attempt
-logs and replays (clients of the operator API), and the development mail sink's inbox."""
+logs and replays (clients of the operator API), and what the development stack's mail sink and
+play endpoint caught."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from cli.client import Json, call, emit, fail
+from cli.client import Json, call, dev_only, emit, fail
 from core.settings import Settings
-from devstack.mailsink import maildir, read_maildir
 
-__all__ = ["deliveries_app", "endpoints_app", "mail_app"]
+if TYPE_CHECKING:
+    from devstack.mailsink import CaughtMail
+
+__all__ = ["deliveries_app", "endpoints_app", "mail_app", "play_app"]
 
 endpoints_app = typer.Typer(
     help="Merchant endpoints: register, rotate secrets, pause, resume, health.",
@@ -23,6 +29,10 @@ deliveries_app = typer.Typer(
     help="Outbound deliveries: attempt logs and replays.", no_args_is_help=True
 )
 mail_app = typer.Typer(help="Emails caught by the development SMTP sink.", no_args_is_help=True)
+play_app = typer.Typer(
+    help="Webhooks the development play endpoint received for the demo merchant.",
+    no_args_is_help=True,
+)
 
 
 def _endpoint_table(found: list[dict[str, Any]]) -> Table:
@@ -225,7 +235,7 @@ def mail_list(
     as_json: Json = False,
 ) -> None:
     """Emails the dev stack's SMTP sink caught (receipts, sale notices)."""
-    caught = read_maildir(maildir(Settings()))[::-1][:limit]
+    caught = _caught_mail("mail list", as_json)[:limit]
     table = Table("#", "date", "to", "subject")
     for number, mail in enumerate(caught, 1):
         table.add_row(str(number), mail.date, mail.to, mail.subject)
@@ -238,7 +248,7 @@ def mail_show(
     as_json: Json = False,
 ) -> None:
     """One caught email: headers and its plain-text part."""
-    caught = read_maildir(maildir(Settings()))[::-1]
+    caught = _caught_mail("mail show", as_json)
     if not 1 <= number <= len(caught):
         fail(f"no email number {number} ({len(caught)} caught)", as_json)
     mail = caught[number - 1]
@@ -248,3 +258,60 @@ def mail_show(
         f"From:    {mail.sender}\nTo:      {mail.to}\nSubject: {mail.subject}\n"
         f"Date:    {mail.date}\nId:      {mail.message_id}\n\n{mail.text}",
     )
+
+
+def _caught_mail(command: str, as_json: bool) -> list[CaughtMail]:
+    """What the dev stack's SMTP sink caught, newest first."""
+    dev_only(command, as_json)
+    from devstack.mailsink import maildir, read_maildir
+
+    return read_maildir(maildir(Settings()))[::-1]
+
+
+def _play_received(as_json: bool) -> list[dict[str, Any]]:
+    """What the running dev stack's play endpoint received, newest first."""
+    url = f"http://127.0.0.1:{Settings().play_endpoint_port}/_received"
+    try:
+        received: list[dict[str, Any]] = httpx.get(url, timeout=5).json()
+    except (httpx.HTTPError, ValueError) as error:
+        fail(f"no play endpoint at {url} (is `switchboard dev` running?): {error}", as_json)
+    return received[::-1]
+
+
+@play_app.command("list")
+def play_list(
+    limit: Annotated[int, typer.Option(help="The newest this many.")] = 20, as_json: Json = False
+) -> None:
+    """Webhooks delivered to the play endpoint, newest first, each with whether its signature
+    verified."""
+    received = _play_received(as_json)[:limit]
+    table = Table("#", "at", "type", "webhook-id", "signature", "data")
+    for number, item in enumerate(received, 1):
+        body = item["body"]
+        data = body.get("data", {}) if isinstance(body, dict) else {}
+        table.add_row(
+            str(number),
+            datetime.fromtimestamp(item["at"]).strftime("%H:%M:%S"),
+            item["type"] or "",
+            item["webhook_id"] or "",
+            "[green]verified[/green]" if item["verified"] else f"[red]{escape(item['detail'])}",
+            " ".join(f"{k}={v}" for k, v in data.items() if k != "merchant_id")[:60],
+        )
+    emit(as_json, received, table)
+
+
+@play_app.command("show")
+def play_show(
+    number: Annotated[int, typer.Argument(help="As numbered by `play list` (1 = newest).")] = 1,
+    as_json: Json = False,
+) -> None:
+    """One received webhook: its signature headers, the verdict and the body."""
+    received = _play_received(as_json)
+    if not 1 <= number <= len(received):
+        fail(f"no webhook number {number} ({len(received)} received)", as_json)
+    item = received[number - 1]
+    headers = "\n".join(f"{name}: {value}" for name, value in item["headers"].items())
+    verdict = "verified" if item["verified"] else "NOT verified"
+    body = json.dumps(item["body"], indent=2)
+    human = f"{headers}\n\nSignature {verdict} ({item['detail']})\n\n{body}"
+    emit(as_json, item, escape(human))

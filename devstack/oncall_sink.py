@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.settings import DEV_PAGERDUTY_ROUTING_KEY, DEV_SLACK_TOKEN
+from devstack.threaded import ThreadedServer
 
 __all__ = ["OncallSink", "SinkState"]
 
@@ -219,34 +219,12 @@ def _invalid_event(body: dict[str, Any], routing_key: str) -> str | None:
     return None
 
 
-class OncallSink:
-    """The sink served by uvicorn in a background thread on ``host:port`` (a context manager)."""
+class OncallSink(ThreadedServer):
+    """The sink served in a background thread on ``host:port`` (a context manager)."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", state: SinkState | None = None) -> None:
-        self.host = host
-        self.port = port
         self.state = state or SinkState()
-        self._server = uvicorn.Server(
-            uvicorn.Config(_app(self.state), host=host, port=port, log_config=None, lifespan="off")
-        )
-        self._thread = threading.Thread(target=self._server.run, name="oncall-sink", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> OncallSink:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the on-call sink did not start on port {self.port}")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+        super().__init__(_app(self.state), port, host, name="on-call sink")
 
     def calls(self, service: str | None = None) -> list[dict[str, Any]]:
         with self.state.lock:

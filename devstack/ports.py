@@ -1,7 +1,8 @@
 """Free TCP ports on 127.0.0.1: one at a time, or a complete set for a whole stack.
 
 A stack started on :class:`StackPorts` touches none of the default ports (8400, 8401, 55432,
-56379, 57233, 58233, 58025, 9464, 9465), so it runs beside a developer's own ``switchboard dev``.
+56379, 57233, 58233, 58025, 58026, 58027, 9464, 9465), so it runs beside a developer's own
+``switchboard dev``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class StackPorts:
     temporal_ui: int
     smtp: int
     oncall_sink: int
+    play_endpoint: int
     worker_metrics: int
     worker_sdk_metrics: int
 
@@ -66,6 +68,7 @@ class StackPorts:
             "gateway_public_url": f"ws://{host}:{self.gateway}",
             "smtp_port": self.smtp,
             "oncall_sink_port": self.oncall_sink,
+            "play_endpoint_port": self.play_endpoint,
             "worker_metrics_port": self.worker_metrics,
             "worker_sdk_metrics_port": self.worker_sdk_metrics,
         }

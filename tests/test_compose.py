@@ -272,8 +272,9 @@ def test_app_databases_are_separate_and_secrets_required(
     assert services["redis"]["command"][-2:] == ["--appendonly", "yes"]
 
 
-def test_dockerfile_installs_from_the_lock_then_the_package() -> None:
-    """The image installs requirements.lock, then the project with --no-deps, and runs non-root."""
+def test_dockerfile_installs_from_the_runtime_lock_then_the_package() -> None:
+    """The image installs requirements-runtime.lock (never the development lock), then the
+    project with --no-deps, and runs non-root."""
     lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
 
     def first(pattern: str) -> int:
@@ -282,8 +283,9 @@ def test_dockerfile_installs_from_the_lock_then_the_package() -> None:
         return matches[0]
 
     assert first(r"^FROM python:3\.11-slim\b") == first(r"^FROM ")
-    lock_copy = first(r"^COPY pyproject\.toml requirements\.lock ")
-    lock_install = first(r"pip install -r \S*requirements\.lock")
+    lock_copy = first(r"^COPY pyproject\.toml requirements-runtime\.lock ")
+    lock_install = first(r"pip install -r \S*requirements-runtime\.lock")
+    assert not [line for line in lines if re.search(r"requirements\.lock|\[dev\]", line)]
     source_copy = first(r"^COPY \. ")
     package_install = first(r"pip install --no-deps ")
     assert lock_copy < lock_install < source_copy < package_install

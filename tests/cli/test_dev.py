@@ -1,6 +1,7 @@
-"""``switchboard dev`` as a user runs it: starts everything, takes a webhook, stops on Ctrl-C,
-and keeps its data for the next run. Every port it uses is a free one, so a developer's own
-``switchboard dev`` may run beside the tests."""
+"""``switchboard dev`` as a user runs it: starts everything, takes a webhook, delivers it to the
+play endpoint verified, stops on Ctrl-C, and keeps its data (and play endpoint) for the next
+run. Every port it uses is a free one, so a developer's own ``switchboard dev`` may run beside
+the tests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -83,7 +85,7 @@ class DevProcess:
         self.process.kill()
 
 
-def cli(env: dict[str, str], *args: str) -> dict[str, object]:
+def cli(env: dict[str, str], *args: str) -> Any:
     done = subprocess.run(
         [sys.executable, "-m", "cli.main", *args, "--json"],
         cwd=REPO,
@@ -94,8 +96,7 @@ def cli(env: dict[str, str], *args: str) -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
+    return json.loads(done.stdout)
 
 
 def wait_processed(env: dict[str, str], event_id: str, timeout: float = 60) -> None:
@@ -108,6 +109,17 @@ def wait_processed(env: dict[str, str], event_id: str, timeout: float = 60) -> N
     raise AssertionError(f"{event_id} was not processed in time")
 
 
+def wait_played(env: dict[str, str], event_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The play endpoint's record of the delivery of ``event_id``, waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for item in cli(env, "play", "list"):
+            if item["body"]["data"].get("event_id") == event_id:
+                return dict(item)
+        time.sleep(0.2)
+    raise AssertionError(f"{event_id} did not reach the play endpoint in time")
+
+
 def test_dev_runs_the_stack_and_keeps_data_across_restarts(tmp_path: Path) -> None:
     """It prints the URLs and takes a webhook; Ctrl-C stops it; the next run still has the data."""
     settings = dev_settings(tmp_path / "data")
@@ -117,11 +129,16 @@ def test_dev_runs_the_stack_and_keeps_data_across_restarts(tmp_path: Path) -> No
         banner = first.output
         for what in ("Ingress", "Operator API docs", "Temporal Web UI", "Postgres", "Redis"):
             assert what in banner
+        assert f"Play endpoint      http://127.0.0.1:{settings.play_endpoint_port}" in banner
         assert httpx.get(settings.temporal_ui_url, timeout=10).status_code == 200
         sent = cli(first.env, "send", "payment.succeeded", "--amount", "1250")
         assert sent["status"] == 202
         event_id = str(sent["event_id"])
         wait_processed(first.env, event_id)
+        played = wait_played(first.env, event_id)
+        assert played["verified"] is True, played["detail"]
+        assert played["type"] == "payment.succeeded"
+        play_endpoint = json.loads((settings.data_dir / "dev.json").read_text())["play_endpoint_id"]
         assert first.interrupt() == 0
     finally:
         first.kill()
@@ -130,8 +147,12 @@ def test_dev_runs_the_stack_and_keeps_data_across_restarts(tmp_path: Path) -> No
     try:
         second.wait_ready()
         assert cli(second.env, "trace", event_id)["status"] == "processed"
+        endpoints = cli(second.env, "endpoints", "list", "--merchant", "merchant_demo")
+        assert [ep["id"] for ep in endpoints] == [play_endpoint]
         again = cli(second.env, "send", "refund.succeeded", "--amount", "250")
         assert again["status"] == 202
+        paid = cli(second.env, "send", "payment.succeeded", "--amount", "990")
+        assert wait_played(second.env, str(paid["event_id"]))["verified"] is True
         assert second.interrupt() == 0
     finally:
         second.kill()
