@@ -263,4 +263,6 @@ async def _update(temporal: Client, group_id: str, update: str, *args: str) -> N
 
 
 def _alert(row: asyncpg.Record) -> Alert:
-    return Alert(**{k: row[k] for k in Alert.model_fields})
+    fields = {k: row[k] for k in Alert.model_fields if k != "event_id"}
+    event_id = (row["details"] or {}).get("event_id")
+    return Alert(**fields, event_id=event_id if isinstance(event_id, str) else None)

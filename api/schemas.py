@@ -299,6 +299,9 @@ class Alert(BaseModel):
     group_id: str | None = Field(
         None, description="Its alert group (one escalation); none until the worker routed it."
     )
+    event_id: str | None = Field(
+        None, description="The webhook it is about, if any (its trace: ``/v1/webhooks/{id}``)."
+    )
 
 
 class TimelineEntry(BaseModel):

@@ -1,5 +1,6 @@
 // Switchboard live dashboard: a merchant's events over the gateway WebSocket, gapless across
-// reconnects (resume by seq), plus an operator view of alerts, dead letters and backlog.
+// reconnects (resume by seq), plus an operator view: the On-call panel (alert groups, their
+// timelines, acknowledge / resolve / silence), dead letters and backlog.
 // Plain ES module, no build step. Protocol: gateway/protocol.py.
 
 const config = JSON.parse(document.getElementById("sb-config").textContent);
@@ -52,7 +53,7 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch { /* not JSON */ }
-    throw Object.assign(new Error(`${response.status}: ${detail}`), { status: response.status });
+    throw Object.assign(new Error(`${response.status}: ${detail}`), { status: response.status, detail });
   }
   return response.json();
 }
@@ -266,19 +267,28 @@ async function openWorkflow(eventId) {
 // -- operator view -------------------------------------------------------------------------
 
 let operatorTimer = null;
+let operatorQueue = Promise.resolve();
+let operatorPending = 0;
 
-async function refreshOperator() {
+function refreshOperator() {
+  // One refresh at a time, so an older answer never paints over a newer one; a call while one
+  // runs and another waits is already covered by the waiting one.
+  if (operatorPending > 1) return operatorQueue;
+  operatorPending += 1;
+  operatorQueue = operatorQueue.then(loadOperator).finally(() => { operatorPending -= 1; });
+  return operatorQueue;
+}
+
+async function loadOperator() {
+  let alerts = null;
   try {
-    const [stats, alerts, dead] = await Promise.all([api("/v1/stats"), api("/v1/alerts"), api("/v1/dead-letters?limit=50")]);
+    const [stats, open, dead] = await Promise.all([api("/v1/stats"), api("/v1/alerts?limit=500"), api("/v1/dead-letters?limit=50")]);
+    alerts = open;
     $("ops-kpis").replaceChildren(
       kpi("Inbox backlog", stats.inbox_depth.toLocaleString(), "recorded, workflow not started"),
       kpi("In flight", (stats.by_status.started || 0).toLocaleString(), `${(stats.by_status.waiting || 0)} waiting for a payment`),
       kpi("Processed", (stats.by_status.processed || 0).toLocaleString(), `${(stats.by_status.ignored || 0)} ignored`),
       kpi("Open alerts", stats.open_alerts.toLocaleString(), `${stats.dead_letters} dead letters`));
-    $("alerts").replaceChildren(...alerts.map((a) => el("tr", {},
-      el("td", { class: `sev-${a.severity}` }, a.severity), el("td", { title: a.dedup_key }, a.summary),
-      el("td", { class: "num" }, a.occurrences), el("td", {}, new Date(a.last_seen_at).toLocaleString()))));
-    $("alerts-empty").hidden = alerts.length > 0;
     $("dead-letters").replaceChildren(...dead.map((d) => el("tr", {},
       el("td", { class: "ref", title: d.event_id }, el("button", { class: "ghost", onclick: () => showTrace(d.event_id) }, d.event_id)),
       el("td", {}, d.reason), el("td", {}, new Date(d.created_at).toLocaleString()),
@@ -287,6 +297,14 @@ async function refreshOperator() {
   } catch (error) {
     $("ops-kpis").replaceChildren(kpi("Operator API", "unavailable", error.message));
   }
+  try {
+    if (alerts === null) throw new Error("the alerts could not be read");
+    await Promise.all([refreshOncall(alerts), refreshSilences()]);
+    $("oncall-error").textContent = "";
+  } catch (error) {
+    $("oncall-error").textContent = `· not refreshed: ${error.message}`;  // the panel keeps what it showed
+  }
+  oncall.refreshes += 1;
 }
 
 async function replay(eventId, button) {
@@ -295,6 +313,218 @@ async function replay(eventId, button) {
   try { await api(`/v1/dead-letters/${encodeURIComponent(eventId)}/replay`, { method: "POST" }); button.textContent = "replayed"; }
   catch (error) { button.textContent = "failed"; button.title = error.message; }
   refreshOperator();
+}
+
+// -- on-call panel -------------------------------------------------------------------------
+// Alert groups (one escalation workflow each) with their alerts and timeline, and the actions
+// on them. Acknowledge and resolve are updates of the escalation: a 409 means someone (an
+// operator, Slack's button, the monitor seeing the condition clear) got there first.
+
+const MAX_GROUPS = 25;      // unresolved groups read per refresh
+const RESOLVED_SHOWN = 5;   // recently resolved groups left on the panel
+const SEVERITY_RANK = { critical: 0, error: 1, warning: 2, info: 3 };
+const oncall = {
+  shown: [],           // the groups on the panel (the API's), in order
+  routing: 0,          // open alerts the worker has not put in a group yet
+  expanded: new Map(), // group id -> details open or closed, as the operator left them
+  notices: new Map(),  // group id -> the answer to the last action on it
+  focus: new URLSearchParams(location.search).get("alert_group"),  // Slack's "On-call view" link
+  focused: false,
+  painted: "",
+  refreshes: 0,
+  silences: [],
+};
+Object.assign(window.switchboard, {
+  oncallGroups: () => oncall.shown.map((g) => ({
+    id: g.id, status: g.status, acknowledged_by: g.acknowledged_by, resolved_by: g.resolved_by, pages: g.pages,
+    timeline: g.timeline.map((t) => (t.channel ? `${t.action} ${t.channel}` : t.action)),
+  })),
+  oncallRefreshes: () => oncall.refreshes,
+  silences: () => oncall.silences.map((s) => s.id),
+});
+
+const groupIds = (alerts) => [...new Map(alerts.filter((a) => a.group_id).map((a) => [a.group_id, a.id]))];
+
+async function refreshOncall(openAlerts) {
+  const recent = await api(`/v1/alerts?status=resolved&limit=${RESOLVED_SHOWN * 20}`);
+  const unresolved = groupIds(openAlerts).slice(0, MAX_GROUPS);
+  const known = new Set(unresolved.map(([id]) => id));
+  const resolved = groupIds(recent).filter(([id]) => !known.has(id)).slice(0, RESOLVED_SHOWN);
+  // The API shows a group by any of its alerts' ids. Resolved groups are read again too: the
+  // escalation adds to their timeline after the resolution (Slack and PagerDuty told).
+  const groups = await Promise.all([...unresolved, ...resolved].map(([, alertId]) => api(`/v1/alerts/${alertId}`)));
+  const rank = (g) => [g.status === "resolved" ? 2 : g.status === "acknowledged" ? 1 : 0, SEVERITY_RANK[g.severity] ?? 9];
+  oncall.shown = groups.sort((a, b) => {
+    const [ra, rb] = [rank(a), rank(b)];
+    if (ra[0] !== rb[0]) return ra[0] - rb[0];
+    if (a.status === "resolved") return (b.resolved_at || "").localeCompare(a.resolved_at || "");
+    return ra[1] - rb[1] || b.opened_at.localeCompare(a.opened_at);
+  });
+  oncall.routing = openAlerts.filter((a) => !a.group_id).length;
+  paintOncall();
+}
+
+function paintOncall() {
+  // Repainted only when something changed, so an open <details> or a hovered button survives polls.
+  const painted = JSON.stringify([oncall.shown, oncall.routing, [...oncall.notices]]);
+  if (painted === oncall.painted) return;
+  oncall.painted = painted;
+  $("oncall-groups").replaceChildren(...oncall.shown.map(groupCard));
+  const open = oncall.shown.filter((g) => g.status !== "resolved").length;
+  $("oncall-count").textContent = oncall.shown.length ? `· ${open} open group${open === 1 ? "" : "s"}` : "";
+  $("oncall-empty").hidden = oncall.shown.length > 0 || oncall.routing > 0;
+  $("oncall-routing").hidden = oncall.routing === 0;
+  $("oncall-routing").textContent = `${oncall.routing} new alert(s) being put into their group…`;
+  const focus = oncall.focus && !oncall.focused && document.querySelector(`[data-group="${CSS.escape(oncall.focus)}"]`);
+  if (focus) { oncall.focused = true; focus.scrollIntoView({ block: "center" }); }
+}
+
+function stateText(g) {
+  if (g.status === "acknowledged") return `acknowledged by ${g.acknowledged_by}`;
+  if (g.status === "resolved") return `resolved by ${g.resolved_by}`;
+  return "open · not acknowledged";
+}
+
+function groupCard(g) {
+  const occurrences = g.alerts.reduce((n, a) => n + a.occurrences, 0);
+  const notified = [...new Set(g.timeline.filter((t) => t.action === "notified").map((t) => t.channel))];
+  const notice = oncall.notices.get(g.id);
+  const details = el("details", { class: "group-body" },
+    el("summary", {}, `${g.alerts.length} alert${g.alerts.length === 1 ? "" : "s"} · timeline`),
+    alertsTable(g), timeline(g));
+  details.open = oncall.expanded.get(g.id) ?? (g.status !== "resolved" || g.id === oncall.focus);
+  details.addEventListener("toggle", () => oncall.expanded.set(g.id, details.open));
+  const busy = (button, text) => {
+    for (const b of button.parentElement.querySelectorAll("button")) b.disabled = true;
+    button.textContent = text;
+  };
+  return el("article", { class: `group group-${g.status}${g.id === oncall.focus ? " focus" : ""}`, "data-group": g.id, "data-status": g.status },
+    el("div", { class: "group-head" },
+      el("span", { class: `badge sev-${g.severity}` }, g.severity),
+      el("strong", { class: "group-summary" }, g.summary),
+      el("span", { class: `pill state-${g.status}`, "data-role": "state" }, stateText(g))),
+    el("div", { class: "group-meta muted small" },
+      el("code", {}, g.id), ` · route ${g.route} · kind ${g.kind} · opened ${new Date(g.opened_at).toLocaleString()}`,
+      ` · ${occurrences.toLocaleString()} occurrence${occurrences === 1 ? "" : "s"}`,
+      ` · ${notified.length ? `notified ${notified.join(", ")}` : "nobody notified yet"}`,
+      ` · ${g.pages} page${g.pages === 1 ? "" : "s"} sent `,
+      g.workflow_url ? el("a", { class: "link", href: g.workflow_url, target: "_blank", rel: "noopener" }, "escalation in Temporal ↗") : ""),
+    el("div", { class: "group-actions" },
+      el("button", { class: "ghost", "data-action": "acknowledge", ...(g.status === "open" ? {} : { disabled: "" }),
+        onclick: (e) => { busy(e.target, "acknowledging…"); groupAction(g, "acknowledge"); } }, "Acknowledge"),
+      el("button", { class: "ghost", "data-action": "resolve", ...(g.status === "resolved" ? { disabled: "" } : {}),
+        onclick: (e) => { busy(e.target, "resolving…"); groupAction(g, "resolve"); } }, "Resolve"),
+      el("button", { class: "ghost", "data-action": "silence", onclick: () => prefillSilence(g) }, "Silence…"),
+      el("span", { class: `notice ${notice ? notice.kind : ""}`, role: "status" }, notice ? notice.text : "")),
+    details);
+}
+
+function alertsTable(g) {
+  return el("table", { class: "group-alerts" },
+    el("thead", {}, el("tr", {}, el("th", {}, "Alert"), el("th", {}, "Status"), el("th", { class: "num" }, "Seen"),
+      el("th", {}, "Last"), el("th", {}))),
+    el("tbody", {}, ...g.alerts.map((a) => el("tr", { "data-alert": a.id },
+      el("td", { class: "wrap", title: a.dedup_key }, a.summary), el("td", {}, a.status),
+      el("td", { class: "num" }, a.occurrences.toLocaleString()), el("td", {}, new Date(a.last_seen_at).toLocaleString()),
+      el("td", { class: "num" }, a.event_id ? el("button", { class: "ghost", onclick: () => showTrace(a.event_id) }, "trace") : "")))));
+}
+
+function timelineLabel(t) {
+  const step = /^step (\d+)$/.exec(t.detail || "");
+  switch (t.action) {
+    case "opened": return ["raised", t.detail];
+    case "notified": return step && Number(step[1]) > 1 ? [`escalated to ${t.channel}`, t.detail] : [`notified ${t.channel}`, t.detail];
+    case "held": return ["held back (silenced or inhibited)", t.detail];
+    case "acknowledged":
+    case "resolved": return t.channel ? [`${t.channel} told: ${t.action}`, null] : [`${t.action} by ${t.actor}`, t.detail];
+    default: return [t.channel ? `${t.action} ${t.channel}` : t.action, t.detail];
+  }
+}
+
+function timeline(g) {
+  return el("ol", { class: "steps timeline" }, ...g.timeline.map((t) => {
+    const [label, detail] = timelineLabel(t);
+    return el("li", { "data-action": t.action, "data-channel": t.channel || "" },
+      el("strong", {}, label), el("time", {}, new Date(t.at).toLocaleString()), detail || "");
+  }));
+}
+
+async function groupAction(g, action) {
+  const body = action === "resolve" ? JSON.stringify({ reason: "resolved from the dashboard" }) : undefined;
+  try {
+    const group = await api(`/v1/alerts/${g.alerts[0].id}/${action}`, { method: "POST", body });
+    oncall.shown = oncall.shown.map((shown) => (shown.id === group.id ? group : shown));
+    oncall.notices.set(g.id, { kind: "ok", text: action === "acknowledge" ? "Acknowledged: escalation stopped." : "Resolved." });
+  } catch (error) {
+    // 409: already acknowledged or resolved elsewhere; say so, the refresh below shows by whom.
+    oncall.notices.set(g.id, error.status === 409
+      ? { kind: "info", text: error.detail }
+      : { kind: "bad", text: `${action} failed: ${error.message}` });
+  }
+  oncall.painted = "";
+  paintOncall();
+  await refreshOperator();
+}
+
+// -- silences ------------------------------------------------------------------------------
+
+function prefillSilence(g) {
+  $("silence-matchers").value = `kind=${g.kind}`;
+  $("silence-message").textContent = "";
+  $("silences-card").scrollIntoView({ block: "nearest" });
+  $("silence-comment").focus();
+}
+
+function parseMatchers(text) {
+  const matchers = {};
+  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const at = part.indexOf("=");
+    if (at < 1) throw new Error(`"${part}" is not label=value`);
+    matchers[part.slice(0, at).trim()] = part.slice(at + 1).trim();
+  }
+  if (!Object.keys(matchers).length) throw new Error("give at least one label=value");
+  return matchers;
+}
+
+async function addSilence(event) {
+  event.preventDefault();
+  const message = $("silence-message");
+  const say = (kind, text) => { message.className = `${kind} wide`; message.textContent = text; };
+  let matchers;
+  try { matchers = parseMatchers($("silence-matchers").value); } catch (error) { return say("error", error.message); }
+  const button = $("silence-form").querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const silence = await api("/v1/silences", { method: "POST", body: JSON.stringify({
+      matchers, duration_seconds: Number($("silence-duration").value), comment: $("silence-comment").value.trim() }) });
+    say("ok", `Silence ${silence.id} holds matching pages back until ${new Date(silence.ends_at).toLocaleString()}.`);
+    $("silence-comment").value = "";
+  } catch (error) {
+    say("error", error.detail || error.message);
+  } finally {
+    button.disabled = false;
+  }
+  await refreshOperator();
+}
+
+async function expireSilence(id, button) {
+  button.disabled = true;
+  button.textContent = "expiring…";
+  try { await api(`/v1/silences/${id}`, { method: "DELETE" }); }
+  catch (error) { button.textContent = "failed"; button.title = error.message; return; }
+  await refreshOperator();
+}
+
+async function refreshSilences() {
+  const silences = await api("/v1/silences");
+  oncall.silences = silences;
+  const labels = (matchers) => Object.entries(matchers).map(([k, v]) => `${k}=${v}`).join(", ");
+  $("silences").replaceChildren(...silences.map((s) => el("tr", { "data-silence": s.id },
+    el("td", {}, el("code", {}, labels(s.matchers))),
+    el("td", { title: `from ${new Date(s.starts_at).toLocaleString()}` }, new Date(s.ends_at).toLocaleString()),
+    el("td", {}, s.created_by), el("td", { class: "wrap" }, s.comment),
+    el("td", { class: "num" }, el("button", { class: "ghost", onclick: (e) => expireSilence(s.id, e.target) }, "expire")))));
+  $("silences-empty").hidden = silences.length > 0;
 }
 
 function show(view) {
@@ -328,13 +558,15 @@ async function signIn(event) {
   sessionStorage.setItem("sb.apiKey", state.apiKey);
   sessionStorage.setItem("sb.merchant", state.merchant);
   $("signin").hidden = true;
-  show("merchant");
+  const view = new URLSearchParams(location.search).get("view");
+  show(view === "operations" || view === "operator" ? "operator" : "merchant");
   api("/v1/merchants?limit=200").then((merchants) =>
     $("merchant-list").replaceChildren(...merchants.map((m) => el("option", { value: m.id }))), () => {});
 }
 
 $("signin-form").addEventListener("submit", signIn);
 $("drawer-close").addEventListener("click", () => { $("drawer").hidden = true; });
+$("silence-form").addEventListener("submit", addSilence);
 for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => show(tab.dataset.view));
 $("api-key").value = state.apiKey;
 $("merchant-id").value = state.merchant;

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
@@ -13,6 +15,8 @@ from core.settings import Settings
 from gateway.server import Gateway
 from tests.gateway.support import running_gateway
 from tests.support import fresh_database
+
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -49,3 +53,14 @@ async def gw_redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium for the dashboard's browser tests (Playwright cannot download its own
+    here); the test is skipped without it."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(
+            f"{CHROMIUM} is missing: `apt-get install chromium` (./run test does it when it can)"
+        )
+    return CHROMIUM

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from playwright.async_api import Page, async_playwright
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -221,6 +222,24 @@ def _describe_gap(kept: list[int], first: int, last: int) -> str:
 
 async def recorder(settings: Settings, port: int, merchant: str, **options: Any) -> Recorder:
     return await Recorder(ws_url(port), token_for(settings, merchant), **options).start()
+
+
+async def signed_in_page(
+    exits: contextlib.AsyncExitStack, chromium: str, api_url: str, settings: Settings, merchant: str
+) -> tuple[Page, list[str]]:
+    """A headless Chromium page showing ``merchant``'s dashboard, signed in with the admin key
+    and live; also the page errors it reports."""
+    playwright = await exits.enter_async_context(async_playwright())
+    browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    exits.push_async_callback(browser.close)
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{api_url}/dashboard?merchant={merchant}")
+    await page.fill("#api-key", settings.admin_api_key.get_secret_value())
+    await page.click("button[type=submit]")
+    await page.wait_for_function("() => window.switchboard.connState() === 'live'", timeout=15_000)
+    return page, errors
 
 
 # -- gateway subprocesses and the balancer --------------------------------------------------

@@ -4,25 +4,27 @@ live events, a gateway restart without losing one, and nothing of another mercha
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
 import httpx
-import pytest
 import pytest_asyncio
-from playwright.async_api import Page, async_playwright
 from redis.asyncio import Redis
 
 from core.settings import Settings
 from devstack.ports import free_port
 from gateway.server import Gateway
-from tests.gateway.support import Recorder, append_events, merchant_id, running_gateway, token_for
+from tests.gateway.support import (
+    Recorder,
+    append_events,
+    merchant_id,
+    running_gateway,
+    signed_in_page,
+    token_for,
+)
 from tests.support import running_api
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass
@@ -100,33 +102,6 @@ async def test_sync_returns_a_consistent_snapshot_and_pages(
     ).status_code == 401
 
 
-async def signed_in_page(
-    exits: contextlib.AsyncExitStack, chromium: str, stack: Stack, merchant: str
-) -> tuple[Page, list[str]]:
-    """A headless Chromium page showing ``merchant``'s dashboard, signed in and live; also the
-    page errors it reports."""
-    playwright = await exits.enter_async_context(async_playwright())
-    browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-    exits.push_async_callback(browser.close)
-    page = await browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    await page.goto(f"{stack.api_url}/dashboard?merchant={merchant}")
-    await page.fill("#api-key", stack.api_settings.admin_api_key.get_secret_value())
-    await page.click("button[type=submit]")
-    await page.wait_for_function("() => window.switchboard.connState() === 'live'", timeout=15_000)
-    return page, errors
-
-
-@pytest.fixture
-def chromium() -> str:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(
-            f"{CHROMIUM} is missing: `apt-get install chromium` (./run test does it when it can)"
-        )
-    return CHROMIUM
-
-
 async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_merchant(
     stack: Stack, gw_pool: asyncpg.Pool, gw_redis: Redis, chromium: str
 ) -> None:
@@ -139,7 +114,9 @@ async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_me
         gateway: Gateway = await exits.enter_async_context(
             running_gateway(stack.gateway_settings, gw_pool, stack.gateway_port)
         )
-        page, errors = await signed_in_page(exits, chromium, stack, merchant)
+        page, errors = await signed_in_page(
+            exits, chromium, stack.api_url, stack.api_settings, merchant
+        )
         assert await page.evaluate("window.switchboard.seqs()") == [1, 2, 3, 4, 5]
 
         await append_events(gw_pool, gw_redis, merchant, 40)
@@ -185,7 +162,9 @@ async def test_the_page_reloads_through_sync_when_too_far_behind_to_resume(
         gateway: Gateway = await exits.enter_async_context(
             running_gateway(settings, gw_pool, stack.gateway_port)
         )
-        page, errors = await signed_in_page(exits, chromium, stack, merchant)
+        page, errors = await signed_in_page(
+            exits, chromium, stack.api_url, stack.api_settings, merchant
+        )
         assert await page.evaluate("window.switchboard.syncs()") == 1
 
         await gateway.stop()
