@@ -306,14 +306,17 @@ class NotifyActivities:
         actor: str,
         channels: list[str],
     ) -> None:
-        if group["status"] == "open":
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE alert_groups SET status = 'acknowledged',"
-                    " acknowledged_at = clock_timestamp(), acknowledged_by = $2 WHERE id = $1",
-                    group["id"],
-                    actor,
-                )
+        async with conn.transaction():
+            # The row decides, not the copy read earlier: a concurrent call (the update's record
+            # and the escalation's own notification) must not record it twice.
+            changed = await conn.fetchval(
+                "UPDATE alert_groups SET status = 'acknowledged',"
+                " acknowledged_at = clock_timestamp(), acknowledged_by = $2"
+                " WHERE id = $1 AND status = 'open' RETURNING true",
+                group["id"],
+                actor,
+            )
+            if changed:
                 await audit(
                     conn,
                     "alert_group",
@@ -337,8 +340,11 @@ class NotifyActivities:
     ) -> None:
         actor = request.actor or "switchboard"
         reason = request.reason or "resolved"
-        if group["status"] != "resolved":
-            async with conn.transaction():
+        async with conn.transaction():
+            before = await conn.fetchval(
+                "SELECT status FROM alert_groups WHERE id = $1 FOR UPDATE", group["id"]
+            )
+            if before != "resolved":
                 resolved = await conn.fetch(
                     "UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = $2"
                     " WHERE group_id = $1 AND status <> 'resolved' RETURNING id",
@@ -365,7 +371,7 @@ class NotifyActivities:
                     conn,
                     "alert_group",
                     str(group["id"]),
-                    group["status"],
+                    before,
                     "resolved",
                     actor=actor,
                     reason=reason,
