@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import alerts, dashboard, deliveries, ingress, operator
+from api import alerts, dashboard, deliveries, ingress, operator, wallets
 from api.inbox import Inbox
 from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
@@ -130,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(alerts.slack_router)
     app.include_router(deliveries.router)
+    app.include_router(wallets.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
 

@@ -88,7 +88,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def operator_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, OperatorError)
-        return problem(error.status, _title(error.status), error.detail)
+        return problem(error.status, _title(error.status), error.detail, type_=error.problem_type)
 
     async def validation_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)

@@ -39,6 +39,7 @@ __all__ = [
     "EndpointSecretRotated",
     "EventOut",
     "IsoDateTime",
+    "LedgerTransactionOut",
     "Merchant",
     "MerchantIn",
     "MerchantPatch",
@@ -47,6 +48,7 @@ __all__ = [
     "PartnerLinked",
     "PartnerOut",
     "PartnerPatch",
+    "PostingOut",
     "Problem",
     "ProblemIssue",
     "ReplayFilter",
@@ -54,9 +56,15 @@ __all__ = [
     "SecretRotated",
     "Silence",
     "SilenceIn",
+    "Statement",
+    "StatementEntry",
     "Stats",
     "TimelineEntry",
+    "TopUpIn",
     "TraceStep",
+    "TransferIn",
+    "WalletIn",
+    "WalletOut",
     "WebhookAccepted",
     "WebhookTrace",
 ]
@@ -468,3 +476,85 @@ class DeliveryReplayFilter(BaseModel):
     rate_per_second: Annotated[float, Field(gt=0, le=1000), JSON_NUMBER] = Field(
         10.0, description="Replayed deliveries are released at most this fast."
     )
+
+
+# -- wallets and the ledger --------------------------------------------------------------------
+
+WalletId = Annotated[
+    str, Field(pattern=r"^wal_[0-9a-f]{32}$", description="A wallet id: wal_ and 32 hex digits.")
+]
+Currency = Annotated[
+    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.", examples=["EUR"])
+]
+MinorUnits = Annotated[
+    int,
+    Field(gt=0, le=10**15, description="Integer minor units (cents), never a float."),
+    JSON_NUMBER,
+]
+
+
+class WalletIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    merchant_id: Identifier = Field(description="The owner: a merchant that exists.")
+    currency: Currency
+
+
+class WalletOut(BaseModel):
+    id: str
+    merchant_id: str
+    currency: str
+    status: Literal["open", "closed"]
+    balance: int = Field(description="Integer minor units; the sum of the wallet's postings.")
+    created_at: datetime
+
+
+class TopUpIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: MinorUnits
+
+
+class TransferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_wallet: WalletId
+    to_wallet: WalletId
+    amount: MinorUnits
+
+
+class PostingOut(BaseModel):
+    account_id: str = Field(description="A wallet id, or world:{currency} for outside money.")
+    amount: int = Field(description="Minor units: positive credits, negative debits.")
+    balance_after: int
+
+
+class LedgerTransactionOut(BaseModel):
+    """One posted movement; its postings sum to zero."""
+
+    id: int
+    idempotency_key: str = Field(description="The ledger key: request:{Idempotency-Key}.")
+    kind: str = Field(description="top_up or transfer (escrow kinds later).")
+    currency: str
+    amount: int
+    postings: list[PostingOut]
+    actor: str
+    created_at: datetime
+
+
+class StatementEntry(BaseModel):
+    posting_id: int = Field(description="Pass the last one as ``after`` for the next page.")
+    transaction_id: int
+    idempotency_key: str
+    kind: str
+    amount: int = Field(description="Minor units: positive credits, negative debits.")
+    balance_after: int
+    counterparties: list[str]
+    actor: str
+    created_at: datetime
+
+
+class Statement(BaseModel):
+    wallet: WalletOut
+    entries: list[StatementEntry] = Field(description="Oldest first, after ``after``.")
+    has_more: bool

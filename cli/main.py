@@ -2,9 +2,9 @@
 
 Process commands (``dev``, ``api``, ``worker``, ``gateway``, ``migrate``) run code in this
 process. Operator commands (``partners``, ``merchants``, ``trace``, ``events``, ``dead-letters``,
-``alerts``) are clients of the operator API at ``SWITCHBOARD_PUBLIC_BASE_URL``; ``send`` and
-``demo`` sign webhooks like a partner would. Every command takes ``--json`` for machine-readable
-output.
+``alerts``, ``wallets``) are clients of the operator API at ``SWITCHBOARD_PUBLIC_BASE_URL``;
+``send`` and ``demo`` sign webhooks like a partner would. Every command takes ``--json`` for
+machine-readable output.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from cli.client import Json, call, console, dev_only, emit, fail, operator_clien
 from cli.dev_state import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state
 from cli.oncall import alerts_app, pages_app
 from cli.outbound import deliveries_app, endpoints_app, mail_app, play_app
+from cli.wallets import wallets_app
 from core.settings import Settings
 from core.signing import sign_headers
 
@@ -59,6 +60,7 @@ app.add_typer(mail_app, name="mail")
 app.add_typer(play_app, name="play")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(pages_app, name="pages")
+app.add_typer(wallets_app, name="wallets")
 
 # -- processes ---------------------------------------------------------------------------------
 

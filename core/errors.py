@@ -16,6 +16,17 @@
     * :class:`Unavailable` (503) — cannot record durably right now; the partner should retry.
 
   * :class:`OperatorError` — an operator API request is refused (auth, scope, not found, conflict).
+
+    * :class:`MoneyRefused` — the ledger (:mod:`core.money`) or the idempotency mechanism
+      refuses a request; each has its own problem type.
+
+      * :class:`InsufficientFunds` (409) — a debit would take an account below zero.
+      * :class:`CurrencyMismatch` (409) — the accounts of a movement hold different currencies.
+      * :class:`WalletClosed` (409)
+      * :class:`IdempotencyKeyReused` (422) — a key already names a different request or movement.
+      * :class:`IdempotencyKeyInUse` (409) — the first request with this key is still running;
+        safe to retry.
+
   * :class:`InvalidDashboardToken` — a dashboard token is missing, malformed, forged, expired or
     not meant for the gateway (the gateway closes with 1008; the api answers 401).
   * :class:`PermanentEventError` — an event can never take effect (raised in activities as a
@@ -30,12 +41,17 @@ from __future__ import annotations
 
 __all__ = [
     "BodyTimeout",
+    "CurrencyMismatch",
     "DestinationRefused",
+    "IdempotencyKeyInUse",
+    "IdempotencyKeyReused",
     "IllegalTransition",
     "IngressError",
+    "InsufficientFunds",
     "InvalidDashboardToken",
     "InvalidSignature",
     "MalformedEnvelope",
+    "MoneyRefused",
     "OperatorError",
     "PayloadTooLarge",
     "PermanentEventError",
@@ -44,6 +60,7 @@ __all__ = [
     "SwitchboardError",
     "Unavailable",
     "UnsupportedMediaType",
+    "WalletClosed",
     "WebhookIdConflict",
 ]
 
@@ -113,6 +130,50 @@ class OperatorError(SwitchboardError):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+    @property
+    def problem_type(self) -> str:
+        """The problem's ``type``: ``about:blank`` (the status says it all) unless a subclass
+        names its own."""
+        return "about:blank"
+
+
+class MoneyRefused(OperatorError):
+    """A money movement or money request refused, as a problem of its own type, e.g.
+    ``/problems/insufficient-funds`` (the saga will raise these as non-retryable
+    ``ApplicationError`` types of the same names)."""
+
+    default_status = 409
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(self.default_status, detail)
+
+    @property
+    def problem_type(self) -> str:
+        name = "".join(f"-{c.lower()}" if c.isupper() else c for c in type(self).__name__)
+        return f"/problems/{name.lstrip('-')}"
+
+
+class InsufficientFunds(MoneyRefused):
+    """A debit larger than the account's balance."""
+
+
+class CurrencyMismatch(MoneyRefused):
+    """A movement between accounts of different currencies."""
+
+
+class WalletClosed(MoneyRefused):
+    """A movement from or to a closed wallet."""
+
+
+class IdempotencyKeyReused(MoneyRefused):
+    """An idempotency key sent again with different parameters (or naming another movement)."""
+
+    default_status = 422
+
+
+class IdempotencyKeyInUse(MoneyRefused):
+    """A request repeated while the first with its idempotency key is still running."""
 
 
 class InvalidDashboardToken(SwitchboardError):

@@ -217,6 +217,13 @@ class Settings(BaseSettings):
     admin_api_key: SecretStr = Field(
         SecretStr(DEV_ADMIN_API_KEY), description="Bootstrap operator key with every scope."
     )
+    idempotency_key_retention_seconds: float = Field(
+        24 * 3600.0,
+        ge=60,
+        description="How long an Idempotency-Key's first response is kept and replayed (Stripe "
+        "keeps 24 h); after that the key may be purged, but the ledger still moves money once "
+        "per key.",
+    )
 
     # Real-time gateway.
     gateway_host: str = Field(

@@ -87,6 +87,10 @@ def run_schemathesis(api_url: str, partner: SigningPartner) -> list[str]:
             _sign(case, kwargs, partner)
         elif case.operation.path.startswith("/v1/endpoints") and case.method in ("POST", "PATCH"):
             _allowed_destination(case)
+        elif case.method == "POST" and case.operation.path.startswith(
+            ("/v1/wallets", "/v1/transfers")
+        ):
+            _fresh_idempotency_key(case)
 
     schemathesis.hook(before_call)
     try:
@@ -115,6 +119,15 @@ def _allowed_destination(case: schemathesis.Case[Any]) -> None:
         return
     if isinstance(case.body, dict) and isinstance(case.body.get("url"), str):
         case.body["url"] = "http://127.0.0.1:9/hooks"
+
+
+def _fresh_idempotency_key(case: schemathesis.Case[Any]) -> None:
+    """Give a valid money request a key of its own: a key is the client's promise that this is
+    a new request, and one reused with other parameters is refused (422), which no schema can
+    say."""
+    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):
+        return
+    case.headers["Idempotency-Key"] = str(uuid.uuid4())
 
 
 class _StandardWebhooks(requests.auth.AuthBase):
