@@ -1,12 +1,14 @@
 """``python -m benchmarks`` (``./run bench``): run every measurement, print and save the table.
 
 ``--quick`` is a smoke run of about a minute (less on an idle machine); the default full run
-takes about 18 minutes (outbound deliveries about 4 of them, the live feed about 1).
+takes about 25 minutes (outbound deliveries about 4 of them, the alert storm about 7, the live
+feed about 1).
 ``--temporal memory`` runs Temporal without its SQLite file, ``both`` reports both setups.
 
 Order matters: the pipeline is measured first, on an empty inbox, then the live feed through the
 gateway (:mod:`benchmarks.live`, same inbox state), then the outbound
-deliveries (which restart the worker; see :mod:`benchmarks.deliveries`); the load-generator check
+deliveries (which restart the worker; see :mod:`benchmarks.deliveries`), the alert storm (which
+stops and restarts it; :mod:`benchmarks.oncall`); the load-generator check
 touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
 the worker drains, and that backlog is what "worker draining" means for them.
 """
@@ -29,6 +31,7 @@ from benchmarks.fanout import fanout_stores, measure_fanout
 from benchmarks.harness import open_harness, progress
 from benchmarks.ingress import measure_ingress, measure_load_generator
 from benchmarks.live import measure_live
+from benchmarks.oncall import measure_oncall
 from benchmarks.pipeline import measure_pipeline
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import Section, render
@@ -78,11 +81,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["all", "fanout", "deliveries", "live"],
+        choices=["all", "fanout", "deliveries", "live", "oncall"],
         default="all",
         help="`fanout`: only the gateway fan-out benchmark (embedded Postgres and Redis only);"
         " `deliveries`: only the outbound delivery benchmark; `live`: only webhook→WebSocket"
-        " client latency through the whole stack and the gateway",
+        " client latency through the whole stack and the gateway; `oncall`: only the alert storm"
+        " (routing to the on-call sink beside recording alone)",
     )
     return parser.parse_args(argv)
 
@@ -104,7 +108,7 @@ def _run(plan: Plan, temporal_in_memory: bool, only: str = "all") -> str:
         with progress("stopping"):
             stack.stop()
     elapsed = time.monotonic() - started
-    repeats = plan.live_repeats if only == "live" else plan.repeats
+    repeats = {"live": plan.live_repeats, "oncall": plan.storm_repeats}.get(only, plan.repeats)
     notes = _header_notes(plan, repeats, temporal_in_memory, cpu, load_before, elapsed)
     setup = "in-memory Temporal" if temporal_in_memory else "Temporal with its SQLite file"
     return render(f"Switchboard benchmarks — {plan.name} run, {setup}", notes, sections, cpu)
@@ -119,15 +123,19 @@ async def _measure(
     if only == "live":
         async with open_harness(stack, plan) as h:
             return [await measure_live(h)], h.phase_cpu
+    if only == "oncall":
+        async with open_harness(stack, plan) as h:
+            return [await measure_oncall(h)], h.phase_cpu
     async with open_harness(stack, plan) as h:
         pipeline = await measure_pipeline(h)
         live = await measure_live(h)
         deliveries = await measure_deliveries(h)
+        oncall = await measure_oncall(h)
         load_generator = await measure_load_generator(h)
         ingress = await measure_ingress(h)
     with progress("gateway fan-out against python-socketio"):
         fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
-    return [ingress, pipeline, live, *deliveries, load_generator, fanout], h.phase_cpu
+    return [ingress, pipeline, live, *deliveries, oncall, load_generator, fanout], h.phase_cpu
 
 
 def _run_fanout_only(plan: Plan) -> str:

@@ -144,16 +144,23 @@ class BenchStack:
         return f"http://{HOST}:{self.merchant_ports[mode]}"
 
     def restart_worker(self, settings: dict[str, str]) -> None:
-        """Stop the worker and start it again with ``SWITCHBOARD_{key}`` = value on top.
+        """Stop the worker (if it runs) and start it again with ``SWITCHBOARD_{key}`` = value
+        on top.
 
         The old worker shuts down gracefully, so the Temporal server sees its polls end rather
         than a vanished poller; the call returns once the new one says it is ready. Its pid
         changes: build a new :class:`CpuMeter` afterwards.
         """
-        self.processes.pop("worker").stop(WORKER_RESTART_TIMEOUT)
+        self.stop_worker()
         extra = {f"SWITCHBOARD_{key}": value for key, value in settings.items()}
         worker = self._spawn_switchboard("worker", extra)
         self._wait_ready(worker)
+
+    def stop_worker(self) -> None:
+        """Stop the worker gracefully, if it runs (its relays stop with it)."""
+        worker = self.processes.pop("worker", None)
+        if worker is not None:
+            worker.stop(WORKER_RESTART_TIMEOUT)
 
     def pids(self) -> dict[str, int]:
         """Process ids worth accounting CPU for, by role (this process is ``bench``)."""
