@@ -92,6 +92,7 @@ def _app(state: SinkState) -> Starlette:
             return JSONResponse({"ok": False, "error": "no_text"})
         if method == "chat.update":
             if not body.get("ts"):
+                state.record("slack", method, body, 200)
                 return JSONResponse({"ok": False, "error": "message_not_found"})
             ts = str(body["ts"])
         else:
