@@ -141,6 +141,9 @@ async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_me
 
         assert await page.evaluate("window.switchboard.seqs()") == list(range(1, 101))
         assert await page.evaluate("window.switchboard.merchants()") == [merchant]
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#events tr').length >= 100", timeout=10_000
+        )
         rows = page.locator("#events tr")
         assert await rows.count() == 100
         assert await page.locator(f"#events tr[data-merchant='{other}']").count() == 0
@@ -180,5 +183,9 @@ async def test_the_page_reloads_through_sync_when_too_far_behind_to_resume(
         await append_events(gw_pool, gw_redis, merchant, 5)
         await page.wait_for_function("() => window.switchboard.lastSeq() === 40", timeout=10_000)
         assert await page.evaluate("window.switchboard.seqs()") == list(range(1, 41))
+        # Rows are drawn on the next animation frame, which a loaded machine can delay.
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#events tr').length >= 40", timeout=10_000
+        )
         assert await page.locator("#events tr").count() == 40
         assert errors == []
