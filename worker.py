@@ -177,7 +177,7 @@ async def running_workers(
 ) -> AsyncIterator[None]:
     """Both Temporal workers and (by default) the relays, until the block exits.
 
-    The on-call policy is read first: a broken ``alerting.yaml`` stops the worker at start,
+    The on-call policy is read first: a broken ``core/alerting.yaml`` stops the worker at start,
     naming the line (:class:`core.alert_policy.PolicyError`).
     """
     policy = load_policy(settings.alerting_policy)

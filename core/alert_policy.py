@@ -1,7 +1,7 @@
 """The on-call policy: which channels hear about which alerts, grouping, escalation, inhibition.
 
-It lives in a YAML file (``SWITCHBOARD_ALERTING_POLICY``, default ``alerting.yaml`` in the
-repository, documented there) and is validated when a process starts and by
+It lives in a YAML file (``SWITCHBOARD_ALERTING_POLICY``, default ``core/alerting.yaml``,
+shipped with the package, documented there) and is validated when a process starts and by
 ``switchboard alerts check-config``; a mistake is refused with the line it is on.
 
 Shape (durations are ``30s``, ``10m``, ``4h``; matchers compare an alert's labels, ``*`` at the

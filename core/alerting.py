@@ -2,7 +2,7 @@
 
 A module that raises an alert declares its kind at import time with :func:`alert_kind` (name,
 default severity, what it means), then records occurrences with :func:`core.audit.raise_alert`.
-The routing policy (``alerting.yaml``, :mod:`core.alert_policy`) decides who hears about each
+The routing policy (``core/alerting.yaml``, :mod:`core.alert_policy`) decides who hears about each
 kind and how it escalates; a policy naming a kind nobody declared is refused at start.
 
 Severities are PagerDuty's, so they travel to it unchanged.

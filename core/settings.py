@@ -317,9 +317,9 @@ class Settings(BaseSettings):
         " a last event whose publish Redis dropped).",
     )
 
-    # On-call (alerting.yaml routes alerts to these channels).
+    # On-call (the policy, core/alerting.yaml by default, routes alerts to these channels).
     alerting_policy: Path = Field(
-        Path(__file__).resolve().parent.parent / "alerting.yaml",
+        Path(__file__).resolve().parent / "alerting.yaml",
         description="The on-call routing and escalation policy (YAML; see the default file).",
     )
     oncall_task_queue: str = Field(

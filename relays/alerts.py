@@ -1,7 +1,7 @@
 """The alert relay: puts each newly opened alert in its group and starts the group's escalation.
 
 ``core.audit.raise_alert`` writes the alert and NOTIFYs in the detecting transaction. This relay
-(in the worker process) routes every alert not yet grouped by the policy (``alerting.yaml``):
+(in the worker process) routes every alert not yet grouped by the policy (``core/alerting.yaml``):
 it joins the open group of its route's group key, or opens one and starts that group's
 :class:`~workflows.escalation.EscalationWorkflow` (eager start, id ``alert-group:{id}``). A
 repeat of an open alert never reaches here: it only counts in Postgres, costing no Temporal
