@@ -336,3 +336,45 @@ def test_longest_workflow_ids_fit_the_sql_limit() -> None:
     longest = webhook_workflow_id("p" * 64, "w" * 255, run=99999)
     assert len(longest) <= MAX_SQL_ID_LENGTH
     assert webhook_workflow_id("acme", "msg_1") == "webhook:acme:msg_1"
+
+
+def test_production_settings_accept_the_compose_environment(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each app container's environment, with its required secrets filled in as an operator
+    would, makes production Settings that start; without them, compose refuses to run."""
+    secrets = {
+        "SWITCHBOARD_ADMIN_API_KEY": "sb_" + "k" * 40,
+        "SWITCHBOARD_DASHBOARD_TOKEN_SECRET": "d" * 48,
+        "SWITCHBOARD_SLACK_BOT_TOKEN": "xoxb-real-token",
+        "SWITCHBOARD_SLACK_SIGNING_SECRET": "s" * 32,
+        "SWITCHBOARD_PAGERDUTY_ROUTING_KEY": "r" * 32,
+        "APP_POSTGRES_PASSWORD": "pw",
+    }
+
+    def interpolate(value: str) -> str:
+        def one(found: re.Match[str]) -> str:
+            name, _, rest = found.group(1).partition(":")
+            if name in secrets:
+                return secrets[name]
+            assert rest.startswith("-"), f"${{{name}}} has neither a default nor a secret"
+            return rest[1:]
+
+        return re.sub(r"\$\{([^}]+)\}", one, value)
+
+    for name, service in _app_services(services).items():
+        env = {key: interpolate(value) for key, value in _environment(service).items()}
+        required = {key for key, value in _environment(service).items() if ":?" in value}
+        assert {
+            "SWITCHBOARD_SLACK_BOT_TOKEN",
+            "SWITCHBOARD_SLACK_SIGNING_SECRET",
+            "SWITCHBOARD_PAGERDUTY_ROUTING_KEY",
+        } <= required, name
+        with monkeypatch.context() as patched:
+            for key in [key for key in os.environ if key.startswith("SWITCHBOARD_")]:
+                patched.delenv(key)
+            for key, value in env.items():
+                patched.setenv(key, value)
+            settings = Settings(_env_file=None)
+        assert settings.environment == "production", name
+        assert settings.slack_base_url.startswith("https://"), name
