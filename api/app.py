@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import alerts, dashboard, deliveries, ingress, operator, wallets
+from api import alerts, dashboard, deliveries, exchange, ingress, operator, wallets
 from api.inbox import Inbox
 from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
             inbox=inbox,
             limiter=RateLimiter(redis),
         )
+        app.state.exchange_limiter = RateLimiter(redis, prefix="switchboard:rl:exchange")
         try:
             yield
         finally:
@@ -131,6 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alerts.slack_router)
     app.include_router(deliveries.router)
     app.include_router(wallets.router)
+    app.include_router(exchange.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
 

@@ -25,22 +25,25 @@ log = logging.getLogger("switchboard.ratelimit")
 
 _COUNT = """
 local count = redis.call('INCRBY', KEYS[1], ARGV[1])
-if count == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 2) end
+if count == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return count
 """
 
 
 class RateLimiter:
-    """``allow(key, limit)`` is True while ``key`` has made at most ``limit`` calls this second."""
+    """``allow(key, limit)`` is True while ``key`` has made at most ``limit`` calls this second
+    (this ``window`` of seconds, when given)."""
 
     def __init__(self, redis: Redis, *, prefix: str = "switchboard:rl") -> None:
         self._count = redis.register_script(_COUNT)
         self._prefix = prefix
         self._waiting: defaultdict[str, list[asyncio.Future[int]]] = defaultdict(list)
         self._flushers: dict[str, asyncio.Task[None]] = {}
+        self._windows: dict[str, int] = {}
 
-    async def allow(self, key: str, limit: int) -> bool:
-        name = f"{self._prefix}:{key}:{int(time.time())}"
+    async def allow(self, key: str, limit: int, *, window: int = 1) -> bool:
+        name = f"{self._prefix}:{key}:{window}:{int(time.time()) // window}"
+        self._windows[name] = window
         position: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting[name].append(position)
         if name not in self._flushers:
@@ -56,7 +59,8 @@ class RateLimiter:
         try:
             while callers := self._waiting.pop(name, None):
                 try:
-                    total = int(await self._count(keys=[name], args=[len(callers)]))
+                    window = self._windows.get(name, 1)
+                    total = int(await self._count(keys=[name], args=[len(callers), window + 1]))
                 except (RedisError, OSError) as error:
                     for caller in callers:
                         with contextlib.suppress(asyncio.InvalidStateError):
@@ -69,3 +73,4 @@ class RateLimiter:
                         caller.set_result(first + offset)
         finally:
             del self._flushers[name]
+            self._windows.pop(name, None)

@@ -2,9 +2,9 @@
 
 Process commands (``dev``, ``api``, ``worker``, ``gateway``, ``migrate``) run code in this
 process. Operator commands (``partners``, ``merchants``, ``trace``, ``events``, ``dead-letters``,
-``alerts``, ``wallets``) are clients of the operator API at ``SWITCHBOARD_PUBLIC_BASE_URL``;
-``send`` and ``demo`` sign webhooks like a partner would. Every command takes ``--json`` for
-machine-readable output.
+``alerts``, ``wallets``, ``exchange``) are clients of the operator API at
+``SWITCHBOARD_PUBLIC_BASE_URL``; ``send`` and ``demo`` sign webhooks like a partner would. Every
+command takes ``--json`` for machine-readable output.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cli.client import Json, call, console, dev_only, emit, fail, operator_client
 from cli.dev_state import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state
+from cli.exchange import exchange_app
 from cli.oncall import alerts_app, pages_app
 from cli.outbound import deliveries_app, endpoints_app, mail_app, play_app
 from cli.wallets import wallets_app
@@ -61,6 +62,7 @@ app.add_typer(play_app, name="play")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(pages_app, name="pages")
 app.add_typer(wallets_app, name="wallets")
+app.add_typer(exchange_app, name="exchange")
 
 # -- processes ---------------------------------------------------------------------------------
 

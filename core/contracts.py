@@ -23,6 +23,7 @@ __all__ = [
     "DELIVERY_TRANSITIONS",
     "ENTITY_ID",
     "EVENT_TYPE",
+    "EXCHANGE_TRANSITIONS",
     "HEALTH_CHECK_ACTIVITY",
     "INBOX_CHANNEL",
     "KNOWN_EVENT_TYPES",
@@ -42,6 +43,7 @@ __all__ = [
     "EscalationInput",
     "EscalationStepPlan",
     "EventType",
+    "ExchangeStatus",
     "HealthReport",
     "LaneInput",
     "NotifyAction",
@@ -173,6 +175,61 @@ DELIVERY_TRANSITIONS = Transitions(
     },
 )
 """Every status change a delivery row may make; each writer names its move from this table."""
+
+
+class ExchangeStatus(StrEnum):
+    """Lifecycle of one exchange request, as :data:`EXCHANGE_TRANSITIONS` draws it:
+
+    * (new) → created
+    * created → pending, cancelled
+    * pending → assigned, cancelled
+    * assigned → pending, assigned, processing, cancelled, failed
+    * processing → processing, completed, failed
+    * completed → (final)
+    * cancelled → (final)
+    * failed → (final)
+
+    A request is created and queued (``pending``) in one transaction; exactly one operator's
+    claim makes it ``assigned`` to them; only the assignee releases it (back to ``pending``) or
+    advances it; an admin's reassignment keeps its status (``assigned → assigned``,
+    ``processing → processing``). Postgres refuses any other change (migration 0006).
+    """
+
+    CREATED = "created"
+    PENDING = "pending"  # waiting in the desk's queue for an operator to claim it
+    ASSIGNED = "assigned"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+EXCHANGE_TRANSITIONS = Transitions(
+    "exchange_request",
+    initial=ExchangeStatus.CREATED,
+    moves={
+        ExchangeStatus.CREATED: {ExchangeStatus.PENDING, ExchangeStatus.CANCELLED},
+        ExchangeStatus.PENDING: {ExchangeStatus.ASSIGNED, ExchangeStatus.CANCELLED},
+        ExchangeStatus.ASSIGNED: {
+            ExchangeStatus.PENDING,
+            ExchangeStatus.ASSIGNED,
+            ExchangeStatus.PROCESSING,
+            ExchangeStatus.CANCELLED,
+            ExchangeStatus.FAILED,
+        },
+        ExchangeStatus.PROCESSING: {
+            ExchangeStatus.PROCESSING,
+            ExchangeStatus.COMPLETED,
+            ExchangeStatus.FAILED,
+        },
+        ExchangeStatus.COMPLETED: set(),
+        ExchangeStatus.CANCELLED: set(),
+        ExchangeStatus.FAILED: set(),
+    },
+)
+"""Every status change an exchange request may make; :mod:`core.exchange` checks its writes
+against it and migration 0006 holds the same table for the database's trigger (a test compares
+them)."""
 
 
 class DeadLetterCause(StrEnum):

@@ -27,6 +27,9 @@
       * :class:`IdempotencyKeyInUse` (409) — the first request with this key is still running;
         safe to retry.
 
+    * :class:`ExchangeConflict` (409) — an exchange request is not in a state (or not assigned to
+      the caller) for this change; names its status and assignee (the winner of a lost claim).
+
   * :class:`InvalidDashboardToken` — a dashboard token is missing, malformed, forged, expired or
     not meant for the gateway (the gateway closes with 1008; the api answers 401).
   * :class:`PermanentEventError` — an event can never take effect (raised in activities as a
@@ -43,6 +46,7 @@ __all__ = [
     "BodyTimeout",
     "CurrencyMismatch",
     "DestinationRefused",
+    "ExchangeConflict",
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
     "IllegalTransition",
@@ -174,6 +178,20 @@ class IdempotencyKeyReused(MoneyRefused):
 
 class IdempotencyKeyInUse(MoneyRefused):
     """A request repeated while the first with its idempotency key is still running."""
+
+
+class ExchangeConflict(OperatorError):
+    """An exchange request's change refused by its current state: a claim that lost (``assignee``
+    is the winner), an advance by someone other than the assignee, a move from a final status."""
+
+    def __init__(self, detail: str, *, status: str, assignee: str | None) -> None:
+        super().__init__(409, detail)
+        self.current_status = status
+        self.assignee = assignee
+
+    @property
+    def problem_type(self) -> str:
+        return "/problems/exchange-request-conflict"
 
 
 class InvalidDashboardToken(SwitchboardError):

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
         2000, ge=1, description="Default per-partner webhook rate limit (Redis fixed window)."
     )
     inbox_batch_max: int = Field(500, ge=1, description="Largest group-committed inbox insert.")
+    exchange_rate_limit_per_minute: int = Field(
+        10, ge=1, description="Exchange requests one customer may create a minute (Redis)."
+    )
 
     # Processing rules.
     dependency_window_seconds: float = Field(
