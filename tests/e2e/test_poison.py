@@ -24,6 +24,7 @@ from tests.support import (
     running_worker,
     stores,
     wait_for,
+    wait_for_status,
     wait_settled,
 )
 
@@ -78,11 +79,16 @@ async def test_permanent_errors_are_dead_lettered_where_they_happen(
                 assert await pool.fetchval(
                     "SELECT count(*) FROM alerts WHERE dedup_key = $1", f"dead_letter:{event_id}"
                 )
-            # Still retrying: then the cause goes away (a fix deployed) and it takes effect.
-            assert (
-                await pool.fetchval("SELECT status FROM webhooks WHERE event_id = $1", transient)
-                == "started"
+            # Still retrying (its workflow started, nothing parked): then the cause goes away (a
+            # fix deployed) and it takes effect.
+            await wait_for_status(pool, transient, "started")
+            assert not await pool.fetchval(
+                "SELECT count(*) FROM dead_letters WHERE event_id = $1", transient
             )
+            retried = await pool.fetchval(
+                "SELECT count(*) FROM payments WHERE merchant_id = '40001-m'"
+            )
+            assert retried == 0
             await pool.execute("DROP TRIGGER fail_on_purpose ON payments")
             assert (await wait_settled(pool, [transient], timeout=30))[transient] == "processed"
 
