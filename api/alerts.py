@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 import asyncpg
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from redis.exceptions import RedisError
 from slack_sdk.signature import SignatureVerifier
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -206,9 +207,14 @@ async def slack_interaction(request: Request, temporal: Temporal) -> Response:
     if not verifier.is_valid_request(body, dict(request.headers)):
         raise OperatorError(401, "the Slack signature is missing, wrong or stale")
     fingerprint = hashlib.sha256(body + request.headers.get("x-slack-signature", "").encode())
-    first_time = await request.app.state.redis.set(
-        f"slack-callback:{fingerprint.hexdigest()}", 1, nx=True, ex=600
-    )
+    try:
+        first_time = await request.app.state.redis.set(
+            f"slack-callback:{fingerprint.hexdigest()}", 1, nx=True, ex=600
+        )
+    except RedisError:
+        # Without the replay guard the callback cannot be accepted once: Slack shows the
+        # failure and the user clicks again.
+        raise OperatorError(503, "callbacks cannot be checked for replays right now") from None
     if not first_time:
         raise OperatorError(409, "this Slack callback was already handled")
     payload = _slack_payload(body)

@@ -85,10 +85,6 @@ async def test_permanent_errors_are_dead_lettered_where_they_happen(
             assert not await pool.fetchval(
                 "SELECT count(*) FROM dead_letters WHERE event_id = $1", transient
             )
-            retried = await pool.fetchval(
-                "SELECT count(*) FROM payments WHERE merchant_id = '40001-m'"
-            )
-            assert retried == 0
             await pool.execute("DROP TRIGGER fail_on_purpose ON payments")
             assert (await wait_settled(pool, [transient], timeout=30))[transient] == "processed"
 
