@@ -6,7 +6,6 @@ keeps them on ``app.state``; ``switchboard api`` serves it with uvicorn.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
 from api.problems import ANY_REQUEST, install_problem_handlers, problems
 from api.ratelimit import RateLimiter
-from core.db import DATABASE_UNREACHABLE, connect_pool
+from core.db import DATABASE_UNREACHABLE, connect_pool, within
 from core.errors import Unavailable
 from core.logs import configure_logging
 from core.realtime import connect_redis
@@ -144,8 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def healthz() -> dict[str, str]:
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT):
-                await app.state.pool.fetchval("SELECT 1")
+            await within(HEALTH_TIMEOUT, app.state.pool.fetchval("SELECT 1"))
         except DATABASE_UNREACHABLE as error:
             raise Unavailable("the database is unreachable", retry_after=5) from error
         return {"status": "ok"}

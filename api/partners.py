@@ -7,7 +7,6 @@ overlap: the previous secret keeps verifying until its ``expires_at``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from api.secrets import rotate_owned_secret
-from core.db import DATABASE_UNREACHABLE, Connection
+from core.db import DATABASE_UNREACHABLE, Connection, within
 from core.errors import OperatorError, Unavailable
 from core.formats import PARTNER_ID_FORMAT
 from core.signing import parse_secret
@@ -67,8 +66,7 @@ class PartnerDirectory:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            async with asyncio.timeout(self._timeout):
-                partner = await self._load(partner_id)
+            partner = await within(self._timeout, self._load(partner_id))
         except DATABASE_UNREACHABLE as error:
             if cached is not None:
                 return cached[1]

@@ -6,14 +6,25 @@ The schema itself lives in ``migrations/`` (Alembic); queries live with the code
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["DATABASE_UNREACHABLE", "Connection", "connect_pool", "is_permanent", "migrate"]
+__all__ = [
+    "DATABASE_UNREACHABLE",
+    "Connection",
+    "connect_pool",
+    "is_permanent",
+    "migrate",
+    "within",
+]
+
+T = TypeVar("T")
 
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 """A connection on its own or borrowed from a pool: queries accept either."""
@@ -28,6 +39,31 @@ DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 """What a read or write raises when Postgres is down, hung or refusing: catch these to answer
 503 (or serve from a cache) instead of failing."""
+
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+async def within(seconds: float, query: Awaitable[T]) -> T:
+    """``query``'s result, or :class:`TimeoutError` after ``seconds`` at the latest.
+
+    Unlike ``asyncio.timeout``, the caller does not wait for the cancelled query to clean up:
+    against a hung server asyncpg's cancellation (a cancel request, then the pool release) can
+    take as long again as the wait itself, so it finishes in the background.
+    """
+    task: asyncio.Task[T] = asyncio.ensure_future(query)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        return task.result()
+    task.cancel()
+    _abandoned.add(task)
+    task.add_done_callback(_forget)
+    raise TimeoutError(f"no answer from Postgres within {seconds} s")
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
