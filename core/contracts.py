@@ -22,6 +22,7 @@ __all__ = [
     "DELIVERIES_CHANNEL",
     "DELIVERY_TRANSITIONS",
     "ENTITY_ID",
+    "ESCROW_TRANSITIONS",
     "EVENT_TYPE",
     "EXCHANGE_TRANSITIONS",
     "HEALTH_CHECK_ACTIVITY",
@@ -30,6 +31,8 @@ __all__ = [
     "MERCHANT_ID",
     "NOTIFY_ACTIVITY",
     "PARTNER_ID",
+    "PAYOUT_REFUSED",
+    "PAYOUT_TRANSFER_ACTIVITY",
     "SEARCH_ATTRIBUTES",
     "WEBHOOK_ID",
     "WEBHOOK_TRANSITIONS",
@@ -42,6 +45,7 @@ __all__ = [
     "DeliveryStatus",
     "EscalationInput",
     "EscalationStepPlan",
+    "EscrowStatus",
     "EventType",
     "ExchangeStatus",
     "HealthReport",
@@ -51,6 +55,8 @@ __all__ = [
     "NotifyResult",
     "Outcome",
     "ParkInput",
+    "PayoutTransferInput",
+    "PayoutTransferResult",
     "Priority",
     "PublishInput",
     "Verdict",
@@ -230,6 +236,80 @@ EXCHANGE_TRANSITIONS = Transitions(
 """Every status change an exchange request may make; :mod:`core.exchange` checks its writes
 against it and migration 0006 holds the same table for the database's trigger (a test compares
 them)."""
+
+
+class EscrowStatus(StrEnum):
+    """Lifecycle of one escrow, as :data:`ESCROW_TRANSITIONS` draws it:
+
+    * (new) → created
+    * created → funding
+    * funding → funded, failed
+    * funded → releasing, refunding
+    * releasing → released, release_failed
+    * release_failed → releasing, refunding
+    * refunding → refunded
+    * released, refunded, failed → (final)
+
+    ``failed`` means funding failed and every debit already made was returned; ``release_failed``
+    is the visible hold after the payout provider refused a transfer for good (nothing was
+    paid, the money is still held): an operator retries the release or refunds.
+    """
+
+    CREATED = "created"
+    FUNDING = "funding"
+    FUNDED = "funded"
+    RELEASING = "releasing"
+    RELEASED = "released"
+    RELEASE_FAILED = "release_failed"
+    REFUNDING = "refunding"
+    REFUNDED = "refunded"
+    FAILED = "failed"
+
+
+ESCROW_TRANSITIONS = Transitions(
+    "escrow",
+    initial=EscrowStatus.CREATED,
+    moves={
+        EscrowStatus.CREATED: {EscrowStatus.FUNDING},
+        EscrowStatus.FUNDING: {EscrowStatus.FUNDED, EscrowStatus.FAILED},
+        EscrowStatus.FUNDED: {EscrowStatus.RELEASING, EscrowStatus.REFUNDING},
+        EscrowStatus.RELEASING: {EscrowStatus.RELEASED, EscrowStatus.RELEASE_FAILED},
+        EscrowStatus.RELEASE_FAILED: {EscrowStatus.RELEASING, EscrowStatus.REFUNDING},
+        EscrowStatus.REFUNDING: {EscrowStatus.REFUNDED},
+        EscrowStatus.RELEASED: set(),
+        EscrowStatus.REFUNDED: set(),
+        EscrowStatus.FAILED: set(),
+    },
+)
+"""Every status change an escrow may make; the escrow code checks its writes against it and the
+database holds the same table for its trigger."""
+
+
+PAYOUT_TRANSFER_ACTIVITY = "payout_transfer"
+"""The activity that asks the payout provider to pay an external account (transfer first)."""
+
+PAYOUT_REFUSED = "PayoutRefused"
+"""ApplicationError type of a transfer the provider refused for good (never retried)."""
+
+
+@dataclass(frozen=True)
+class PayoutTransferInput:
+    """One transfer to an external payout account, at most once per ``idempotency_key`` (the
+    provider returns the original transfer for a repeat). Money in integer minor units."""
+
+    idempotency_key: str
+    account: str
+    amount: int
+    currency: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class PayoutTransferResult:
+    """The provider's transfer: its id, and whether it answered a repeat of an earlier call."""
+
+    transfer_id: str
+    replayed: bool
 
 
 class DeadLetterCause(StrEnum):
