@@ -1,4 +1,5 @@
-"""Embedded Postgres from the ``pgserver`` wheel: initdb, the server, and the application database.
+"""Embedded Postgres from the ``pgserver`` wheel: initdb, the server, and the application database,
+and streaming replicas of it (hot standbys, for ``SWITCHBOARD_DATABASE_READ_URL``).
 
 Data lives in ``data_dir/"postgres"``; as root, the server runs as an unprivileged system user
 (Postgres refuses root) that this module creates and lets read the bundled installation.
@@ -27,7 +28,7 @@ from devstack.processes import (
     package_dir,
 )
 
-__all__ = ["PG_SYSTEM_USER", "EmbeddedPostgres"]
+__all__ = ["PG_SYSTEM_USER", "EmbeddedPostgres", "EmbeddedReplica"]
 
 PG_SYSTEM_USER = "switchboard-pg"
 # sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -129,6 +130,32 @@ class EmbeddedPostgres(Service):
         """libpq/asyncpg connection URL of the application database."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
 
+    def start_replica(self, data_dir: Path, port: int) -> EmbeddedReplica:
+        """Start a hot standby streaming from this server (which must be running), with its data
+        in ``data_dir/"postgres"``; use it as a context manager to stop it. Started again on the
+        same ``data_dir`` it resumes streaming where it stopped."""
+        replica = EmbeddedReplica(self, data_dir, port)
+        replica.start()
+        return replica
+
+    def sql(self, statement: str, *, timeout: float = 10.0) -> str:
+        """Run ``statement`` with psql on the application database; its unaligned output."""
+        argv = [str(_pg_bin("psql")), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"]
+        try:
+            result = subprocess.run(
+                [*argv, *self._client_args(self.database), "-c", statement],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise self._failure(f"did not answer {statement!r} in time") from None
+        if result.returncode != 0:
+            raise self._failure(f"refused {statement!r}: {result.stderr.strip()}")
+        return result.stdout.strip()
+
     @property
     def log_path(self) -> Path:
         """Where the server (and initdb) write their output."""
@@ -159,7 +186,7 @@ class EmbeddedPostgres(Service):
                 _make_traversable(d.parent)
                 os.chown(d, self._system_user.pw_uid, self._system_user.pw_gid)
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb(deadline)
+            self._create_cluster(deadline)
 
     def _refuse_leftover_server(self) -> None:
         pid_file = self.pgdata / "postmaster.pid"
@@ -174,7 +201,7 @@ class EmbeddedPostgres(Service):
                 f"over from an earlier run; stop it (kill -INT {pid}) and try again"
             )
 
-    def _initdb(self, deadline: float) -> None:
+    def _create_cluster(self, deadline: float) -> None:
         argv = [
             str(_pg_bin("initdb")),
             "-D",
@@ -186,6 +213,10 @@ class EmbeddedPostgres(Service):
             # C collation: the same on every machine, no dependency on installed OS locales.
             "--locale=C",
         ]
+        self._run_tool(argv, "initdb", deadline)
+
+    def _run_tool(self, argv: list[str], what: str, deadline: float) -> None:
+        """Run a setup tool as the server's user, its output into the server's log."""
         assert self._log is not None
         with self._log.open("ab") as log:
             try:
@@ -200,9 +231,9 @@ class EmbeddedPostgres(Service):
                     **self._popen_kwargs(),
                 )
             except subprocess.TimeoutExpired:
-                raise self._failure("initdb did not finish in time") from None
+                raise self._failure(f"{what} did not finish in time") from None
         if result.returncode != 0:
-            raise self._failure(f"initdb failed with code {result.returncode}")
+            raise self._failure(f"{what} failed with code {result.returncode}")
 
     def _popen_kwargs(self) -> dict[str, Any]:
         if self._system_user is None:
@@ -268,3 +299,57 @@ class EmbeddedPostgres(Service):
             raise self._failure(
                 f"could not create database {self.database!r}: {result.stderr.strip()}"
             )
+
+
+class EmbeddedReplica(EmbeddedPostgres):
+    """A hot standby of an :class:`EmbeddedPostgres`: read-only, streaming its WAL.
+
+    Made once with ``pg_basebackup -R`` (which writes ``standby.signal`` and the
+    ``primary_conninfo`` to stream from), so it needs no setting on the primary beyond the
+    defaults of Postgres 16 and initdb (``wal_level = replica``, ``max_wal_senders = 10``, trust
+    for replication on loopback). No replication slot: a slot outlives its replica and would hold
+    the primary's WAL for ever; a replica that falls further behind than the primary keeps WAL
+    must be made again on a fresh ``data_dir``.
+
+    :meth:`pause_replay` and :meth:`resume_replay` freeze and release what it shows while it
+    keeps receiving WAL, which is how tests make it lag on purpose.
+    """
+
+    name = "Postgres replica"
+    port_setting = "the port in SWITCHBOARD_DATABASE_READ_URL"
+
+    def __init__(self, primary: EmbeddedPostgres, data_dir: Path, port: int) -> None:
+        super().__init__(
+            data_dir, port, host=primary.host, database=primary.database, user=primary.user
+        )
+        self.primary = primary
+
+    def _create_cluster(self, deadline: float) -> None:
+        argv = [
+            str(_pg_bin("pg_basebackup")),
+            *("-h", self.primary.host, "-p", str(self.primary.port), "-U", self.primary.user),
+            "-D",
+            str(self.pgdata),
+            "--write-recovery-conf",
+            "--wal-method=stream",
+            # An immediate checkpoint on the primary: the default spreads it over minutes.
+            "--checkpoint=fast",
+        ]
+        self._run_tool(argv, "pg_basebackup", deadline)
+
+    def _after_ready(self, deadline: float) -> None:
+        """Nothing to create: the databases are the primary's, and a standby is read-only."""
+
+    def pause_replay(self, timeout: float = 10.0) -> None:
+        """Stop applying WAL and return once replay has stopped: from then on the replica shows
+        what it showed at that moment, however much the primary writes."""
+        self.sql("SELECT pg_wal_replay_pause()")
+        deadline = time.monotonic() + timeout
+        while self.sql("SELECT pg_get_wal_replay_pause_state()") != "paused":
+            if time.monotonic() > deadline:
+                raise self._failure("did not pause its WAL replay in time")
+            time.sleep(0.01)
+
+    def resume_replay(self) -> None:
+        """Apply WAL again: the replica catches up with everything received meanwhile."""
+        self.sql("SELECT pg_wal_replay_resume()")
