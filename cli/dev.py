@@ -168,6 +168,7 @@ def _banner(
   Redis              {redis_url}
   Mail sink          smtp://{settings.smtp_host}:{settings.smtp_port}  (./run switchboard mail list)
   Slack/PagerDuty    http://127.0.0.1:{settings.oncall_sink_port}  (./run switchboard pages list)
+  Payout provider    http://127.0.0.1:{settings.payout_sink_port}  (SWITCHBOARD_PAYOUT_BASE_URL)
   Play endpoint      {state.play_url}  (./run switchboard play list)
   Logs               {settings.data_dir}/logs/
   Demo partner       {state.partner_id}   secret {state.partner_secret}

@@ -19,6 +19,7 @@ __all__ = [
     "DEV_ADMIN_API_KEY",
     "DEV_DASHBOARD_TOKEN_SECRET",
     "DEV_PAGERDUTY_ROUTING_KEY",
+    "DEV_PAYOUT_API_KEY",
     "DEV_SLACK_SIGNING_SECRET",
     "DEV_SLACK_TOKEN",
     "PAGERDUTY_SINK_PATH",
@@ -31,6 +32,7 @@ DEV_DASHBOARD_TOKEN_SECRET = "sb_dev_dashboard_token_secret_not_for_production"
 DEV_SLACK_TOKEN = "xoxb-switchboard-dev-sink"
 DEV_SLACK_SIGNING_SECRET = "switchboard_dev_slack_signing_secret"
 DEV_PAGERDUTY_ROUTING_KEY = "switchboarddevsinkroutingkey0000"
+DEV_PAYOUT_API_KEY = "sk_dev_payout_sink"
 # Where the dev stack's on-call sink serves each API (devstack/oncall_sink.py).
 SLACK_SINK_PATH = "/slack/api/"
 PAGERDUTY_SINK_PATH = "/pagerduty"
@@ -59,6 +61,12 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "postgresql://switchboard@127.0.0.1:55432/switchboard",
         description="Application Postgres (business truth and the webhook inbox).",
+    )
+    database_read_url: str | None = Field(
+        None,
+        description="A streaming replica of database_url for the dashboard's reads (sync, desk"
+        " stats), which then say how fresh they are; unset, they read database_url. Never used"
+        " for a decision (claims, idempotency, money). While it is down those reads answer 503.",
     )
     database_pool_size: int = Field(10, ge=1, description="asyncpg pool size per process.")
     database_timeout_seconds: float = Field(
@@ -194,7 +202,10 @@ class Settings(BaseSettings):
         " (development and tests only); empty by default.",
     )
     circuit_failure_threshold: int = Field(
-        5, ge=1, description="Consecutive failures that open an endpoint's circuit breaker."
+        5,
+        ge=1,
+        description="Consecutive failures that open a destination's circuit breaker (a merchant"
+        " endpoint, or the payout provider).",
     )
     circuit_cooldown_seconds: float = Field(
         30.0, gt=0, description="First open period; doubles per re-trip up to the maximum."
@@ -384,19 +395,39 @@ class Settings(BaseSettings):
         description="PagerDuty Events API v2 integration (routing) key.",
     )
 
+    # The payout provider (external transfers: escrow releases).
+    payout_sink_port: int = Field(
+        58028, description="Port of the dev stack's payout provider sink (development only)."
+    )
+    payout_base_url: str = Field(
+        "http://127.0.0.1:58028",
+        description="Payout provider's API base URL (POST {base}/v1/transfers); the dev sink's"
+        " by default, refused in production.",
+    )
+    payout_api_key: SecretStr = Field(
+        SecretStr(DEV_PAYOUT_API_KEY), description="Bearer API key of the payout provider."
+    )
+    payout_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Whole-request timeout of one transfer call; a timed-out transfer is retried"
+        " with the same idempotency key.",
+    )
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
-    def _refuse_the_oncall_sinks(self) -> Settings:
+    def _refuse_the_dev_sinks(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("slack_base_url", "pagerduty_base_url"):
+        for name in ("slack_base_url", "pagerduty_base_url", "payout_base_url"):
             if _is_loopback(getattr(self, name)):
                 raise ValueError(f"SWITCHBOARD_{name.upper()} points at the dev sink in production")
         for name, dev in (
             ("slack_bot_token", DEV_SLACK_TOKEN),
             ("slack_signing_secret", DEV_SLACK_SIGNING_SECRET),
             ("pagerduty_routing_key", DEV_PAGERDUTY_ROUTING_KEY),
+            ("payout_api_key", DEV_PAYOUT_API_KEY),
         ):
             if getattr(self, name).get_secret_value() == dev:
                 raise ValueError(f"SWITCHBOARD_{name.upper()} must be set in production")

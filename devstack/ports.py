@@ -1,7 +1,7 @@
 """Free TCP ports on 127.0.0.1: one at a time, or a complete set for a whole stack.
 
 A stack started on :class:`StackPorts` touches none of the default ports (8400, 8401, 55432,
-56379, 57233, 58233, 58025, 58026, 58027, 9464, 9465), so it runs beside a developer's own
+56379, 57233, 58233, 58025, 58026, 58027, 58028, 9464, 9465), so it runs beside a developer's own
 ``switchboard dev``.
 """
 
@@ -40,6 +40,7 @@ class StackPorts:
     smtp: int
     oncall_sink: int
     play_endpoint: int
+    payout_sink: int
     worker_metrics: int
     worker_sdk_metrics: int
 
@@ -69,6 +70,8 @@ class StackPorts:
             "smtp_port": self.smtp,
             "oncall_sink_port": self.oncall_sink,
             "play_endpoint_port": self.play_endpoint,
+            "payout_sink_port": self.payout_sink,
+            "payout_base_url": f"http://{host}:{self.payout_sink}",
             "worker_metrics_port": self.worker_metrics,
             "worker_sdk_metrics_port": self.worker_sdk_metrics,
         }

@@ -2,8 +2,8 @@
 
 :func:`start_services` starts the backing services on the ports of the settings;
 :func:`child_settings` is what the api, the worker and the gateway read (the services' URLs,
-the mail sink, the Slack and PagerDuty sink, loopback deliveries such as the play endpoint's,
-dashboard Origins that follow the api's port).
+the mail sink, the Slack and PagerDuty sink, the payout provider sink, loopback deliveries such
+as the play endpoint's, dashboard Origins that follow the api's port).
 :class:`Supervisor` runs those three: a crashed one is restarted with exponential backoff
 (1 s doubling to 30 s, back to 1 s after a minute up) and the console says so; a backing
 service that dies is named, reaped and started again in place (same port, same data); on stop,
@@ -23,6 +23,7 @@ from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import PAGERDUTY_SINK_PATH, SLACK_SINK_PATH, Settings
 from devstack.mailsink import MailSink, maildir
 from devstack.oncall_sink import OncallSink
+from devstack.payout_sink import PayoutSink
 from devstack.play import PlayReceiver
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import Service, ServiceError, SwitchboardProcess, stop_all
@@ -57,11 +58,12 @@ class DevServices:
     mail: MailSink
     oncall: OncallSink
     play: PlayReceiver
+    payout: PayoutSink
 
     @property
     def supervised(self) -> tuple[Service, ...]:
-        """The services run as child processes (the mail and on-call sinks and the play endpoint
-        are threads of this one)."""
+        """The services run as child processes (the mail, on-call and payout sinks and the
+        play endpoint are threads of this one)."""
         return (self.postgres, self.redis, self.temporal)
 
 
@@ -70,9 +72,9 @@ def _port(url: str, default: int) -> int:
 
 
 def start_services(settings: Settings, stack: contextlib.ExitStack) -> DevServices:
-    """Start Postgres, Redis, Temporal (with its Web UI), the mail and on-call sinks and the
-    play endpoint under ``settings.data_dir``, on the ports ``settings`` names; ``stack`` stops
-    them."""
+    """Start Postgres, Redis, Temporal (with its Web UI), the mail, on-call and payout sinks
+    and the play endpoint under ``settings.data_dir``, on the ports ``settings`` names;
+    ``stack`` stops them."""
     data_dir = settings.data_dir.absolute()
     postgres = EmbeddedPostgres(data_dir / "postgres", _port(settings.database_url, 55432))
     redis = EmbeddedRedis(data_dir / "redis", _port(settings.redis_url, 56379))
@@ -87,7 +89,10 @@ def start_services(settings: Settings, stack: contextlib.ExitStack) -> DevServic
     mail = stack.enter_context(MailSink(maildir(settings).absolute(), port=settings.smtp_port))
     oncall = stack.enter_context(OncallSink(settings.oncall_sink_port))
     play = stack.enter_context(PlayReceiver(settings.play_endpoint_port))
-    return DevServices(postgres, redis, temporal, mail, oncall, play)
+    payout = stack.enter_context(
+        PayoutSink(settings.payout_sink_port, api_key=settings.payout_api_key.get_secret_value())
+    )
+    return DevServices(postgres, redis, temporal, mail, oncall, play, payout)
 
 
 def dashboard_origins(settings: Settings) -> list[str]:
@@ -112,6 +117,7 @@ def child_settings(settings: Settings, services: DevServices) -> Settings:
         "smtp_port": services.mail.port,
         "slack_base_url": f"{services.oncall.url}{SLACK_SINK_PATH}",
         "pagerduty_base_url": f"{services.oncall.url}{PAGERDUTY_SINK_PATH}",
+        "payout_base_url": services.payout.url,
         # Development only: let merchant endpoints on this machine receive deliveries.
         "delivery_allow_networks": settings.delivery_allow_networks or "127.0.0.0/8,::1/128",
     }

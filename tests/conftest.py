@@ -23,6 +23,7 @@ from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import PAGERDUTY_SINK_PATH, SLACK_SINK_PATH, Settings
 from devstack.mailsink import MailSink
 from devstack.oncall_sink import OncallSink
+from devstack.payout_sink import PayoutSink
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.redis import EmbeddedRedis
@@ -57,6 +58,13 @@ def mail_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailSink]:
 def oncall_sink() -> Iterator[OncallSink]:
     """A real HTTP server answering as Slack and PagerDuty do (the dev stack's sink)."""
     with OncallSink(free_port()) as sink:
+        yield sink
+
+
+@pytest.fixture(scope="session")
+def payout_sink() -> Iterator[PayoutSink]:
+    """A real HTTP payout provider (the dev stack's sink): idempotent transfers, own balances."""
+    with PayoutSink(free_port()) as sink:
         yield sink
 
 
@@ -98,6 +106,7 @@ async def settings(
     temporal_server: TemporalDevServer,
     mail_sink: MailSink,
     oncall_sink: OncallSink,
+    payout_sink: PayoutSink,
 ) -> Settings:
     return Settings(
         environment="test",
@@ -118,6 +127,7 @@ async def settings(
         smtp_port=mail_sink.port,
         slack_base_url=f"{oncall_sink.url}{SLACK_SINK_PATH}",
         pagerduty_base_url=f"{oncall_sink.url}{PAGERDUTY_SINK_PATH}",
+        payout_base_url=payout_sink.url,
     )
 
 

@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
-from core.settings import Settings
+from core.settings import DEV_PAYOUT_API_KEY, Settings
 from devstack.ports import StackPorts
 from devstack.processes import (
     REPO,
@@ -131,6 +131,12 @@ def test_dev_runs_the_stack_and_keeps_data_across_restarts(tmp_path: Path) -> No
             assert what in banner
         assert f"Play endpoint      http://127.0.0.1:{settings.play_endpoint_port}" in banner
         assert httpx.get(settings.temporal_ui_url, timeout=10).status_code == 200
+        payouts = httpx.get(
+            f"http://127.0.0.1:{settings.payout_sink_port}/v1/transfers",
+            headers={"Authorization": f"Bearer {DEV_PAYOUT_API_KEY}"},
+            timeout=10,
+        )
+        assert payouts.json() == {"data": []}
         sent = cli(first.env, "send", "payment.succeeded", "--amount", "1250")
         assert sent["status"] == 202
         event_id = str(sent["event_id"])
