@@ -1,14 +1,15 @@
 """``python -m benchmarks`` (``./run bench``): run every measurement, print and save the table.
 
-``--quick`` is a smoke run of about a minute (less on an idle machine); the default full run
-takes about 25 minutes (outbound deliveries about 4 of them, the alert storm about 7, the live
-feed about 1).
+``--quick`` is a smoke run of about two minutes (less on an idle machine); the default full run
+takes about 30 minutes (outbound deliveries about 4 of them, the alert storm about 7, the live
+feed about 1, exchange claims and contended debits about 3 each).
 ``--temporal memory`` runs Temporal without its SQLite file, ``both`` reports both setups.
 
 Order matters: the pipeline is measured first, on an empty inbox, then the live feed through the
 gateway (:mod:`benchmarks.live`, same inbox state), then the outbound
 deliveries (which restart the worker; see :mod:`benchmarks.deliveries`), the alert storm (which
-stops and restarts it; :mod:`benchmarks.oncall`); the load-generator check
+stops and restarts it; :mod:`benchmarks.oncall`), exchange claims (:mod:`benchmarks.claims`) and
+contended wallet debits (:mod:`benchmarks.debits`); the load-generator check
 touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
 the worker drains, and that backlog is what "worker draining" means for them.
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import uvloop
 
+from benchmarks.claims import measure_claims
+from benchmarks.debits import measure_debits
 from benchmarks.deliveries import measure_deliveries
 from benchmarks.fanout import fanout_stores, measure_fanout
 from benchmarks.harness import open_harness, progress
@@ -81,12 +84,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["all", "fanout", "deliveries", "live", "oncall"],
+        choices=["all", "fanout", "deliveries", "live", "oncall", "claims", "debits"],
         default="all",
         help="`fanout`: only the gateway fan-out benchmark (embedded Postgres and Redis only);"
         " `deliveries`: only the outbound delivery benchmark; `live`: only webhook→WebSocket"
         " client latency through the whole stack and the gateway; `oncall`: only the alert storm"
-        " (routing to the on-call sink beside recording alone)",
+        " (routing to the on-call sink beside recording alone); `claims`: only exchange claims, 50"
+        " claimers per request through the api beside a bare SELECT … FOR UPDATE; `debits`: only"
+        " 200 concurrent debits of one wallet through the ledger beside a bare UPDATE",
     )
     return parser.parse_args(argv)
 
@@ -126,16 +131,25 @@ async def _measure(
     if only == "oncall":
         async with open_harness(stack, plan) as h:
             return [await measure_oncall(h)], h.phase_cpu
+    if only == "claims":
+        async with open_harness(stack, plan) as h:
+            return [await measure_claims(h)], h.phase_cpu
+    if only == "debits":
+        async with open_harness(stack, plan) as h:
+            return [await measure_debits(h)], h.phase_cpu
     async with open_harness(stack, plan) as h:
         pipeline = await measure_pipeline(h)
         live = await measure_live(h)
         deliveries = await measure_deliveries(h)
         oncall = await measure_oncall(h)
+        claims = await measure_claims(h)
+        debits = await measure_debits(h)
         load_generator = await measure_load_generator(h)
         ingress = await measure_ingress(h)
     with progress("gateway fan-out against python-socketio"):
         fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
-    return [ingress, pipeline, live, *deliveries, oncall, load_generator, fanout], h.phase_cpu
+    sections = [ingress, pipeline, live, *deliveries, oncall, claims, debits, load_generator]
+    return [*sections, fanout], h.phase_cpu
 
 
 def _run_fanout_only(plan: Plan) -> str:

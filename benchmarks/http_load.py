@@ -90,12 +90,16 @@ class RawClient:
         return _Connection(reader, writer)
 
     async def send(self, request: SignedWebhook) -> int:
+        return await self.send_wire(request.wire)
+
+    async def send_wire(self, wire: bytes) -> int:
+        """Send one complete HTTP/1.1 request; its status (0 for a transport error)."""
         conn = await self._idle.get()
         healthy = False
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 conn = conn or await self._connect()
-                status = await conn.exchange(request.wire)
+                status = await conn.exchange(wire)
             healthy = True
             return status
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):

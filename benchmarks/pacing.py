@@ -4,6 +4,9 @@
   latency is measured from that due time, so a stall also counts against every call queued behind
   it (no coordinated omission). Calls still unfinished ``grace`` seconds after the last due time
   are cancelled and kept as *censored*: their latency is at least ``cutoff - due``.
+* :func:`burst_loop` — the same, for bursts: every call of burst *b* is due at ``start + b / rate``
+  and made at once (simultaneous claimers of one request, concurrent debits of one wallet), each
+  call's latency measured from its burst's due time.
 * :func:`closed_loop` — ``concurrency`` callers each make the next call as soon as their previous
   one returned, until ``duration`` is over or the items run out (saturation). Calls still
   unfinished ``grace`` seconds after that are cancelled and kept as censored too.
@@ -20,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["Outcome", "Paced", "closed_loop", "open_loop"]
+__all__ = ["Outcome", "Paced", "burst_loop", "closed_loop", "open_loop"]
 
 I = TypeVar("I")  # noqa: E741 - the item type
 T = TypeVar("T")
@@ -58,10 +61,33 @@ async def open_loop(
     items: Sequence[I], rate: float, call: Callable[[I], Awaitable[T]], *, grace: float
 ) -> Paced[T]:
     """Call ``call(item)`` for each item on schedule at ``rate``/s (see the module docstring)."""
+    return await _scheduled(items, [i / rate for i in range(len(items))], call, grace=grace)
+
+
+async def burst_loop(
+    bursts: Sequence[Sequence[I]], rate: float, call: Callable[[I], Awaitable[T]], *, grace: float
+) -> Paced[T]:
+    """Make every call of a burst at once, bursts due at ``rate``/s (see the module docstring).
+
+    The outcomes are in order, burst after burst.
+    """
+    items = [item for burst in bursts for item in burst]
+    offsets = [b / rate for b, burst in enumerate(bursts) for _ in burst]
+    return await _scheduled(items, offsets, call, grace=grace)
+
+
+async def _scheduled(
+    items: Sequence[I],
+    offsets: Sequence[float],
+    call: Callable[[I], Awaitable[T]],
+    *,
+    grace: float,
+) -> Paced[T]:
+    """Call ``call(items[i])`` at ``offsets[i]`` seconds from now (ascending); latency from then."""
     paced: Paced[T] = Paced(first_call_wall=time.time())
     start = time.perf_counter()
     last_finish = start
-    due_times = [start + i / rate for i in range(len(items))]
+    due_times = [start + offset for offset in offsets]
     results: dict[int, tuple[T, float]] = {}
 
     async def one(index: int) -> None:

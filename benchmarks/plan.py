@@ -1,11 +1,13 @@
-"""How long and how hard each measurement runs: the full plan (~24 min) and ``--quick``.
+"""How long and how hard each measurement runs: the full plan (~30 min) and ``--quick``.
 
 Every measurement repeats ``repeats`` times, alternating baseline and subject so drift on a
 noisy machine hits both alike; the report shows the medians. In the quick plan the 10 s of
 offered load per measurement is split across the three runs, and the baselines (which are
 steady and cheap) get shorter windows, to stay within a minute including start-up. The alert
 storm keeps its rate and has repeats of its own (three runs of a minute; one of 12 s when quick),
-since what it measures is a minute of facts.
+since what it measures is a minute of facts. Exchange claims and contended debits keep their
+schedules (one request every 0.25 s, one burst of 200 debits every 2.5 s) with fewer requests and
+bursts when quick (about 15 s and 50 s).
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["FULL", "QUICK", "Plan"]
+
+CLAIM_RATE = 4.0
+"""Exchange requests per second, each raced by 50 claimers: one request's claims are answered
+well within the 0.25 s before the next is due."""
+DEBIT_RATE = 0.4
+"""Bursts of 200 debits per second: 2.5 s apart, so one burst has drained before the next."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,14 @@ class Plan:
     storm_rate: float
     storm_seconds: float
     storm_repeats: int
+    # Exchange claims (:mod:`benchmarks.claims`): requests per run, each raced by 50 claimers,
+    # due at ``claim_rate``/s.
+    claim_requests: int
+    claim_rate: float
+    # Contended wallet debits (:mod:`benchmarks.debits`): bursts of 200 per run, due at
+    # ``debit_rate``/s.
+    debit_bursts: int
+    debit_rate: float
 
 
 FULL = Plan(
@@ -80,6 +96,10 @@ FULL = Plan(
     storm_rate=10_000 / 60,
     storm_seconds=60,
     storm_repeats=3,
+    claim_requests=100,
+    claim_rate=CLAIM_RATE,
+    debit_bursts=10,
+    debit_rate=DEBIT_RATE,
 )
 
 QUICK = Plan(
@@ -108,4 +128,8 @@ QUICK = Plan(
     storm_rate=10_000 / 60,
     storm_seconds=12,
     storm_repeats=1,
+    claim_requests=10,
+    claim_rate=CLAIM_RATE,
+    debit_bursts=3,
+    debit_rate=DEBIT_RATE,
 )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from core.signing import sign_headers
 
-__all__ = ["SignedWebhook", "payment_webhooks"]
+__all__ = ["SignedWebhook", "payment_webhooks", "request_wire"]
 
 MERCHANTS = 50
 
@@ -63,7 +63,7 @@ def payment_webhooks(
             **sign_headers(secret, webhook_id, body, now=now),
         }
         signed.append(
-            SignedWebhook(webhook_id, path, headers, body, _wire(host, path, headers, body))
+            SignedWebhook(webhook_id, path, headers, body, request_wire(host, path, headers, body))
         )
     return signed
 
@@ -78,7 +78,8 @@ def _payment(payment_id: str, merchant_id: str, amount: int) -> bytes:
     return json.dumps({"type": "payment.succeeded", "data": data}, separators=(",", ":")).encode()
 
 
-def _wire(host: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+def request_wire(host: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    """A complete HTTP/1.1 POST, for clients that write raw bytes."""
     lines = [f"POST {path} HTTP/1.1", f"host: {host}", f"content-length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
