@@ -1,12 +1,13 @@
 """Delivery activities: one attempt at one outbound webhook or email, and its bookkeeping.
 
 An attempt first checks whether it should dial at all (delivered already, endpoint paused,
-disabled or deleted, an earlier delivery of its lane still open, the endpoint's circuit open or
-too many attempts already in flight to it). Then it sends: a Standard Webhooks POST signed with
-every live secret of the endpoint (:mod:`activities.webhook_http`), or an email over SMTP. Then,
-in one transaction, it logs the attempt, moves the delivery on (as
-:data:`core.contracts.DELIVERY_TRANSITIONS` draws it), and updates the endpoint's health
-(:mod:`activities.endpoint_health`). Deliveries are planned by the ledger (:mod:`core.outbox`).
+disabled or deleted, an earlier delivery of its lane still open, the endpoint's circuit open
+(:mod:`activities.circuit_breaker`) or too many attempts already in flight to it). Then it
+sends: a Standard Webhooks POST signed with every live secret of the endpoint
+(:mod:`activities.webhook_http`), or an email over SMTP. Then, in one transaction, it logs the
+attempt, moves the delivery on (as :data:`core.contracts.DELIVERY_TRANSITIONS` draws it), and
+updates the endpoint's health (:mod:`activities.endpoint_health`). Deliveries are planned by
+the ledger (:mod:`core.outbox`).
 
 Sending happens before the transaction, so a crash between the two repeats the send with the
 same ``webhook-id`` (receivers deduplicate on it) and never loses it.
@@ -26,6 +27,7 @@ import httpcore
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.circuit_breaker import ENDPOINTS, CircuitBreaker
 from activities.email import Mailer, format_amount
 from activities.endpoint_health import EndpointHealth
 from activities.webhook_http import (
@@ -59,8 +61,6 @@ DELIVERY_EXHAUSTED = alert_kind(
 )
 
 
-# The half-open probe holds the circuit for its timeout plus this, so no second probe starts.
-PROBE_LEASE_MARGIN_SECONDS = 5.0
 # A busy endpoint is asked again after about this long (jittered by the lane).
 BUSY_RETRY_SECONDS = 1.0
 
@@ -99,6 +99,7 @@ class DeliveryActivities:
         self._http = http
         self._mailer = mailer
         self._settings = settings
+        self._breaker = CircuitBreaker(ENDPOINTS, settings)
         self._in_flight: Counter[str] = Counter()
 
     @activity.defn(name="attempt_delivery")
@@ -118,10 +119,19 @@ class DeliveryActivities:
         refusal = await self._settle_if_not_sendable(row)
         if refusal is not None:
             return refusal
-        probe = await self._claim_probe_if_half_open(row)
-        if isinstance(probe, AttemptResult):
-            return probe
         endpoint_id: str = row["endpoint_id"]
+        admission = await self._breaker.admit_known(
+            self._pool,
+            endpoint_id,
+            row["circuit_open_until"],
+            row["now"],
+            lease_seconds=self._settings.delivery_timeout_seconds,
+        )
+        if not admission.allowed:
+            return AttemptResult(
+                Verdict.BACK_OFF, admission.wait_seconds, f"endpoint circuit {admission.reason}"
+            )
+        probe = admission.probe
         if self._in_flight[endpoint_id] >= self._settings.endpoint_max_in_flight:
             return AttemptResult(Verdict.BACK_OFF, BUSY_RETRY_SECONDS, "endpoint busy")
         self._in_flight[endpoint_id] += 1
@@ -158,7 +168,7 @@ class DeliveryActivities:
 
         Deleted endpoint: cancelled. Disabled: dead-lettered (replayable after re-enabling).
         Paused: handed back to the relay until resumed. An earlier delivery of the lane still
-        open: it goes first. Circuit open: wait for the probe.
+        open: it goes first. (Whether the endpoint's circuit lets it through is asked next.)
         """
         status = row["endpoint_status"]
         if status == "deleted":
@@ -180,26 +190,7 @@ class DeliveryActivities:
             return AttemptResult(Verdict.HELD, detail="endpoint paused")
         if row["waits_for"] is not None:
             return AttemptResult(Verdict.BLOCKED, detail=f"after {row['waits_for']}")
-        open_until: datetime | None = row["circuit_open_until"]
-        if open_until is not None and open_until > row["now"]:
-            wait = (open_until - row["now"]).total_seconds()
-            return AttemptResult(Verdict.BACK_OFF, wait, "endpoint circuit open")
         return None
-
-    async def _claim_probe_if_half_open(self, row: asyncpg.Record) -> bool | AttemptResult:
-        """Whether this attempt is the half-open circuit's one probe (or why it must wait)."""
-        if row["circuit_open_until"] is None:
-            return False
-        claimed = await self._pool.fetchval(
-            "UPDATE endpoints SET circuit_open_until ="
-            " clock_timestamp() + make_interval(secs => $2)"
-            " WHERE id = $1 AND circuit_open_until <= clock_timestamp() RETURNING id",
-            row["endpoint_id"],
-            self._settings.delivery_timeout_seconds + PROBE_LEASE_MARGIN_SECONDS,
-        )
-        if claimed is None:
-            return AttemptResult(Verdict.BACK_OFF, BUSY_RETRY_SECONDS, "endpoint circuit probing")
-        return True
 
     async def _post(self, row: asyncpg.Record) -> Sent:
         body = webhook_body(

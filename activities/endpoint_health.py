@@ -1,12 +1,13 @@
-"""Endpoint health, updated in each webhook attempt's transaction: the circuit breaker, the
-"failing" alert, auto-disable (after a long run of failures, or at once on 410 Gone) and the
-email telling the merchant its endpoint was disabled.
+"""Endpoint health, updated in each webhook attempt's transaction: the endpoint's circuit
+breaker (:mod:`activities.circuit_breaker`), the "failing" alert, auto-disable (after a long run
+of failures, or at once on 410 Gone) and the email telling the merchant its endpoint was disabled.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from activities.circuit_breaker import ENDPOINTS, CircuitBreaker
 from core.alerting import Severity, alert_kind
 from core.audit import audit, raise_alert, resolve_alert
 from core.db import Connection
@@ -34,17 +35,10 @@ class EndpointHealth:
         self.conn = conn
         self.endpoint_id = endpoint_id
         self.settings = settings
+        self.breaker = CircuitBreaker(ENDPOINTS, settings)
 
     async def succeeded(self) -> None:
-        was_failing = await self.conn.fetchval(
-            "WITH before AS (SELECT consecutive_failures FROM endpoints WHERE id = $1"
-            " AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL) FOR UPDATE)"
-            " UPDATE endpoints SET consecutive_failures = 0, failing_since = NULL,"
-            " circuit_open_until = NULL, circuit_trips = 0, last_success_at = now()"
-            " FROM before WHERE id = $1 RETURNING before.consecutive_failures",
-            self.endpoint_id,
-        )
-        if was_failing is None:
+        if not await self.breaker.succeeded(self.conn, self.endpoint_id):
             # Healthy already: refresh the success time at most once a second (hot row).
             await self.conn.execute(
                 "UPDATE endpoints SET last_success_at = now() WHERE id = $1 AND"
@@ -52,40 +46,36 @@ class EndpointHealth:
                 self.endpoint_id,
             )
             return
+        await self.conn.execute(
+            "UPDATE endpoints SET failing_since = NULL, last_success_at = now() WHERE id = $1",
+            self.endpoint_id,
+        )
         await resolve_alert(
             self.conn, f"endpoint_failing:{self.endpoint_id}", reason="a delivery succeeded"
         )
 
     async def failed(self, error: str, *, probe: bool) -> None:
-        """Count a failure; the circuit opens when the streak reaches the threshold while it
-        is closed, or when its probe fails (each re-opening waits twice as long)."""
+        """Count a failure on the endpoint's circuit breaker (``probe``: this attempt was its
+        half-open probe), raise the failing alert, and disable an endpoint failing for days."""
         settings = self.settings
+        streak = await self.breaker.failed(self.conn, self.endpoint_id, probe=probe)
+        if streak is None:
+            return
         row = await self.conn.fetchrow(
-            "WITH opens AS (SELECT consecutive_failures + 1 >= $2"
-            " AND (circuit_open_until IS NULL OR $5) AS yes FROM endpoints WHERE id = $1)"
-            " UPDATE endpoints SET consecutive_failures = consecutive_failures + 1,"
-            " failing_since = coalesce(failing_since, now()), last_failure_at = now(),"
-            " circuit_open_until = CASE WHEN opens.yes"
-            "   THEN clock_timestamp() + make_interval(secs => least($3 * 2 ^ circuit_trips, $4))"
-            "   ELSE circuit_open_until END,"
-            " circuit_trips = circuit_trips + opens.yes::int"
-            " FROM opens WHERE id = $1"
-            " RETURNING consecutive_failures, failing_since, status, merchant_id, url",
+            "UPDATE endpoints SET failing_since = coalesce(failing_since, now()),"
+            " last_failure_at = now() WHERE id = $1"
+            " RETURNING failing_since, status, merchant_id, url",
             self.endpoint_id,
-            settings.circuit_failure_threshold,
-            settings.circuit_cooldown_seconds,
-            settings.circuit_max_cooldown_seconds,
-            probe,
         )
         if row is None:
             return
-        if row["consecutive_failures"] == settings.endpoint_failing_alert_after:
+        if streak == settings.endpoint_failing_alert_after:
             await raise_alert(
                 self.conn,
                 ENDPOINT_FAILING,
                 dedup_key=f"endpoint_failing:{self.endpoint_id}",
                 summary=f"endpoint {self.endpoint_id} ({row['url']}) failed"
-                f" {row['consecutive_failures']} times in a row: {error}",
+                f" {streak} times in a row: {error}",
                 details={"endpoint_id": self.endpoint_id, "merchant_id": row["merchant_id"]},
             )
         failing_for = datetime.now(UTC) - row["failing_since"]
