@@ -349,6 +349,8 @@ def test_production_settings_accept_the_compose_environment(
         "SWITCHBOARD_SLACK_BOT_TOKEN": "xoxb-real-token",
         "SWITCHBOARD_SLACK_SIGNING_SECRET": "s" * 32,
         "SWITCHBOARD_PAGERDUTY_ROUTING_KEY": "r" * 32,
+        "SWITCHBOARD_PAYOUT_BASE_URL": "https://payouts.example.com",
+        "SWITCHBOARD_PAYOUT_API_KEY": "sk_live_" + "p" * 24,
         "APP_POSTGRES_PASSWORD": "pw",
     }
 
@@ -369,6 +371,8 @@ def test_production_settings_accept_the_compose_environment(
             "SWITCHBOARD_SLACK_BOT_TOKEN",
             "SWITCHBOARD_SLACK_SIGNING_SECRET",
             "SWITCHBOARD_PAGERDUTY_ROUTING_KEY",
+            "SWITCHBOARD_PAYOUT_BASE_URL",
+            "SWITCHBOARD_PAYOUT_API_KEY",
         } <= required, name
         with monkeypatch.context() as patched:
             for key in [key for key in os.environ if key.startswith("SWITCHBOARD_")]:
@@ -378,3 +382,4 @@ def test_production_settings_accept_the_compose_environment(
             settings = Settings(_env_file=None)
         assert settings.environment == "production", name
         assert settings.slack_base_url.startswith("https://"), name
+        assert settings.payout_base_url == "https://payouts.example.com", name
