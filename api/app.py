@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import alerts, dashboard, deliveries, exchange, ingress, operator, wallets
+from api import alerts, dashboard, deliveries, desk, exchange, ingress, operator, wallets
 from api.inbox import Inbox
 from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
@@ -27,6 +27,7 @@ from core.db import DATABASE_UNREACHABLE, connect_pool, within
 from core.errors import Unavailable
 from core.logs import configure_logging
 from core.realtime import connect_redis
+from core.replica import ReadPool
 from core.settings import Settings
 
 __all__ = ["SERVER_OPTIONS", "create_app", "create_app_from_environment", "server_options"]
@@ -90,6 +91,17 @@ def create_app(settings: Settings) -> FastAPI:
             size=settings.database_pool_size,
             timeout=settings.database_timeout_seconds,
         )
+        # Connects on first use: a replica that is down stops only the reads it serves.
+        read_pool = (
+            await connect_pool(
+                settings.database_read_url,
+                size=settings.database_pool_size,
+                timeout=settings.database_timeout_seconds,
+                read_only=True,
+            )
+            if settings.database_read_url
+            else None
+        )
         # The rate limiter fails open, so a slow Redis must not hold acknowledgements for long.
         redis = connect_redis(settings.redis_url, timeout=0.5)
         inbox = Inbox(
@@ -97,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.settings = settings
         app.state.pool = pool
+        app.state.reads = ReadPool(read_pool or pool, replica=read_pool is not None)
         app.state.redis = redis
         # Only on-call actions (acknowledge, resolve) talk to Temporal; connecting lazily keeps
         # the api independent of it for everything else.
@@ -116,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
             await inbox.close()
             await redis.aclose()
             await pool.close()
+            if read_pool is not None:
+                await read_pool.close()
 
     app = FastAPI(
         title="Switchboard",
@@ -133,6 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(wallets.router)
     app.include_router(exchange.router)
     app.include_router(dashboard.router)
+    app.include_router(desk.router)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard")
 
     @app.get(

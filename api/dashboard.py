@@ -3,8 +3,9 @@
 * ``POST /v1/merchants/{id}/dashboard-tokens`` (API key with ``read``) issues a short-lived token
   for the gateway (``core.dashboard_tokens``).
 * ``GET /v1/merchants/{id}/sync`` answers a merchant's current state (payment, refund and
-  balance totals) and its events, as one consistent snapshot at ``head_seq``; it accepts an API
-  key with ``read`` or a dashboard token for that merchant.
+  balance totals) and its events, as one consistent snapshot at ``head_seq``, from the read
+  replica when one is set (saying how fresh it is); it accepts an API key with ``read`` or a
+  dashboard token for that merchant.
 * ``GET /dashboard`` serves the page (``api/templates/dashboard.html`` and ``api/static/``).
 """
 
@@ -23,8 +24,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
 
 from api.auth import require
-from api.deps import OPERATOR_PROBLEMS, Config, single_valued_query
+from api.deps import OPERATOR_PROBLEMS, Config, Reads, single_valued_query
 from api.problems import problems
+from api.schemas import FreshRead
 from core.dashboard_tokens import issue_dashboard_token, verify_dashboard_token
 from core.errors import InvalidDashboardToken, OperatorError
 from core.merchant_events import events_after
@@ -76,7 +78,7 @@ class SyncEvent(BaseModel):
     occurred_at: datetime
 
 
-class SyncOut(BaseModel):
+class SyncOut(FreshRead):
     merchant_id: str
     head_seq: int
     """Totals and balances are exactly the effect of events up to this seq."""
@@ -141,19 +143,28 @@ async def _merchant_reader(
     "/v1/merchants/{merchant_id}/sync",
     dependencies=[Depends(_merchant_reader)],
     response_model=SyncOut,
+    responses=problems(503, why={503: "The read replica cannot answer right now."}),
 )
 async def sync(
     merchant_id: str,
-    request: Request,
+    reads: Reads,
     since_seq: Annotated[
         int | None,
         Query(ge=0, le=2**63 - 1, description="Events after this seq; omit for the latest ones."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> SyncOut:
-    """The merchant's state and events, consistent with each other at ``head_seq``."""
-    pool: asyncpg.Pool = request.app.state.pool
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    """The merchant's state and events, consistent with each other at ``head_seq``.
+
+    Safe from a lagging replica: the answer is one snapshot, so totals and balances are exactly
+    the effect of the events up to ``head_seq``, and those events have no gap, because the
+    ledger allocates each seq under the merchant row's lock (seq *n* commits before seq *n + 1*
+    can begin) and a replica makes transactions visible in the primary's commit order. A lag
+    only makes ``head_seq`` older; the client then resumes the gateway's feed from it, and the
+    gateway replays what follows from the primary, so nothing is missed. ``as_of`` and
+    ``replica_lag_seconds`` say how old the snapshot is until the feed has caught up.
+    """
+    async with reads.snapshot() as (conn, fresh):
         head = await conn.fetchval(
             "SELECT coalesce(max(seq), 0) FROM events WHERE merchant_id = $1", merchant_id
         )
@@ -175,6 +186,7 @@ async def sync(
         rows = await events_after(conn, merchant_id, after, up_to=head, limit=limit)
     last = rows[-1]["seq"] if rows else after
     return SyncOut(
+        **FreshRead.freshness_of(fresh),
         merchant_id=merchant_id,
         head_seq=head,
         totals=[CurrencyTotals(**dict(row)) for row in totals],

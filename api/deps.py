@@ -1,5 +1,6 @@
-"""What every ``/v1`` router depends on: the request's pool and settings, the API-key scopes, the
-one-value query rule, and the problems those can answer. Routers import these from here."""
+"""What every ``/v1`` router depends on: the request's pool (and the dashboard's read pool) and
+settings, the API-key scopes, the one-value query rule, and the problems those can answer.
+Routers import these from here."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.auth import Operator, require
 from api.problems import ANY_REQUEST, problems
+from core.replica import ReadPool
 from core.settings import Settings
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "Config",
     "Pool",
     "Read",
+    "Reads",
     "Replay",
     "ReplayOperator",
     "single_valued_query",
@@ -58,10 +61,17 @@ async def _pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
+async def _reads(request: Request) -> ReadPool:
+    reads: ReadPool = request.app.state.reads
+    return reads
+
+
 async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Reads = Annotated[ReadPool, Depends(_reads)]
+"""The dashboard's reads (the read replica's pool when one is set): never for a decision."""
 Config = Annotated[Settings, Depends(_settings)]

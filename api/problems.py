@@ -88,7 +88,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def operator_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, OperatorError)
-        return problem(error.status, _title(error.status), error.detail, type_=error.problem_type)
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        return problem(
+            error.status,
+            _title(error.status),
+            error.detail,
+            type_=error.problem_type,
+            headers=headers,
+        )
 
     async def validation_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)

@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from core.formats import EmailAddress, Identifier, PartnerId
+from core.replica import Freshness
 
 __all__ = [
     "Alert",
@@ -38,6 +39,7 @@ __all__ = [
     "EndpointPatch",
     "EndpointSecretRotated",
     "EventOut",
+    "FreshRead",
     "IsoDateTime",
     "LedgerTransactionOut",
     "Merchant",
@@ -558,3 +560,27 @@ class Statement(BaseModel):
     wallet: WalletOut
     entries: list[StatementEntry] = Field(description="Oldest first, after ``after``.")
     has_more: bool
+
+
+class FreshRead(BaseModel):
+    """An answer read from the dashboard's read pool (``SWITCHBOARD_DATABASE_READ_URL``), saying
+    how fresh it is, so a page can show "data as of …" while a replica lags."""
+
+    read_from: Literal["primary", "replica"] = Field(description="Which database answered.")
+    as_of: datetime | None = Field(
+        description="Everything committed up to this instant is in the answer (a lower bound);"
+        " null if a lagging replica cannot tell yet."
+    )
+    replica_lag_seconds: float | None = Field(
+        description="How far as_of is behind now: 0 on the primary or a caught-up replica (an"
+        " upper bound while it lags); null when as_of is."
+    )
+
+    @classmethod
+    def freshness_of(cls, fresh: Freshness) -> dict[str, Any]:
+        """The fields of this model for ``fresh``."""
+        return {
+            "read_from": fresh.read_from,
+            "as_of": fresh.as_of,
+            "replica_lag_seconds": fresh.lag_seconds,
+        }

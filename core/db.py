@@ -83,7 +83,11 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 async def connect_pool(
-    database_url: str, *, size: int = 10, timeout: float | None = None
+    database_url: str,
+    *,
+    size: int = 10,
+    timeout: float | None = None,
+    read_only: bool = False,
 ) -> asyncpg.Pool:
     """An asyncpg pool whose connections speak JSON for ``json``/``jsonb`` columns.
 
@@ -91,15 +95,20 @@ async def connect_pool(
     (``TimeoutError``), so a Postgres that hangs rather than refuses cannot hang the caller.
     Waiting for a free connection is bounded by the statements ahead of it; callers that need
     one overall bound wrap the whole wait (``asyncio.timeout``).
+
+    A ``read_only`` pool (a replica's) connects on first use, so its server being down does not
+    stop the process from starting, and its transactions refuse writes even when the URL names
+    a primary.
     """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         database_url,
-        min_size=1,
+        min_size=0 if read_only else 1,
         max_size=size,
         init=_init_connection,
         reset=_keep_session,
         timeout=60.0 if timeout is None else timeout,  # asyncpg's default connect timeout
         command_timeout=timeout,
+        server_settings={"default_transaction_read_only": "on"} if read_only else None,
     )
     return pool
 

@@ -29,6 +29,8 @@
 
     * :class:`ExchangeConflict` (409) — an exchange request is not in a state (or not assigned to
       the caller) for this change; names its status and assignee (the winner of a lost claim).
+    * :class:`ReplicaUnavailable` (503) — the read replica behind a dashboard read cannot answer
+      right now; retry after ``Retry-After``.
 
   * :class:`InvalidDashboardToken` — a dashboard token is missing, malformed, forged, expired or
     not meant for the gateway (the gateway closes with 1008; the api answers 401).
@@ -60,6 +62,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermanentEventError",
     "RateLimited",
+    "ReplicaUnavailable",
     "StaleTimestamp",
     "SwitchboardError",
     "Unavailable",
@@ -128,7 +131,10 @@ class Unavailable(IngressError):
 
 
 class OperatorError(SwitchboardError):
-    """An operator API request refused; ``status`` is the HTTP status to answer with."""
+    """An operator API request refused; ``status`` is the HTTP status to answer with, and
+    ``retry_after`` (seconds), when set, the ``Retry-After`` to answer it with."""
+
+    retry_after: int | None = None
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -192,6 +198,20 @@ class ExchangeConflict(OperatorError):
     @property
     def problem_type(self) -> str:
         return "/problems/exchange-request-conflict"
+
+
+class ReplicaUnavailable(OperatorError):
+    """The streaming replica that serves the dashboard's reads is down, unreachable or too slow;
+    the reads are not moved to the primary (see :class:`core.replica.ReadPool`)."""
+
+    retry_after = 5
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, detail)
+
+    @property
+    def problem_type(self) -> str:
+        return "/problems/read-replica-unavailable"
 
 
 class InvalidDashboardToken(SwitchboardError):
