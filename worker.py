@@ -38,6 +38,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deliveries import DeliveryActivities
 from activities.email import Mailer
+from activities.escrow import EscrowActivities
 from activities.ledger import LedgerActivities
 from activities.monitor import HealthActivities
 from activities.notify import NotifyActivities, PagerDuty, Slack
@@ -53,6 +54,7 @@ from relays.deliveries import DeliveryRelay
 from relays.inbox import InboxRelay
 from workflows.delivery import DeliveryLaneWorkflow
 from workflows.escalation import EscalationWorkflow
+from workflows.escrow import EscrowWorkflow
 from workflows.monitor import HealthMonitorWorkflow
 from workflows.webhook import WebhookWorkflow
 
@@ -67,7 +69,13 @@ __all__ = [
     "serve",
 ]
 
-WORKFLOWS = [WebhookWorkflow, DeliveryLaneWorkflow, EscalationWorkflow, HealthMonitorWorkflow]
+WORKFLOWS = [
+    WebhookWorkflow,
+    DeliveryLaneWorkflow,
+    EscalationWorkflow,
+    HealthMonitorWorkflow,
+    EscrowWorkflow,
+]
 log = logging.getLogger("switchboard.worker")
 
 
@@ -77,15 +85,27 @@ def build_worker(
     pool: asyncpg.Pool,
     redis: Redis,
 ) -> Worker:
-    """The Temporal worker for webhook workflows, with every activity's clients injected."""
+    """The Temporal worker for money (webhook and escrow workflows), with every activity's
+    clients injected."""
     ledger = LedgerActivities(pool)
     publish = PublishActivities(pool, redis)
+    escrows = EscrowActivities(pool)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[WebhookWorkflow],
+        workflows=[WebhookWorkflow, EscrowWorkflow],
         workflow_runner=_runner(settings),
-        activities=[ledger.apply_event, ledger.park_event, publish.publish_event],
+        activities=[
+            ledger.apply_event,
+            ledger.park_event,
+            publish.publish_event,
+            escrows.move_escrow,
+            escrows.debit_escrow_source,
+            escrows.return_escrow_source,
+            escrows.release_escrow,
+            escrows.refund_escrow,
+            escrows.escrow_alert,
+        ],
         max_concurrent_workflow_tasks=settings.relay_max_in_flight,
         max_concurrent_local_activities=settings.relay_max_in_flight,
         graceful_shutdown_timeout=timedelta(seconds=10),

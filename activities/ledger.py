@@ -43,6 +43,7 @@ from core.events import (
     PaymentSucceeded,
     RefundSucceeded,
 )
+from core.merchant_events import append_merchant_event
 from core.metrics import EVENTS_APPLIED
 from core.outbox import plan_deliveries
 from core.tenancy import onboard_merchant
@@ -513,19 +514,9 @@ class _Application:
 
     async def _applied(self, merchant_id: str, data: dict[str, Any]) -> ApplyResult:
         """Append the merchant event (next seq), close the webhook, and name who it unblocks."""
-        seq = await self.conn.fetchval(
-            "UPDATE merchants SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-            merchant_id,
-        )
         event_data = {"partner_id": self.partner_id, **data}
-        await self.conn.execute(
-            "INSERT INTO events (merchant_id, seq, event_id, type, data)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            merchant_id,
-            seq,
-            self.event_id,
-            self.hook["event_type"],
-            event_data,
+        seq = await append_merchant_event(
+            self.conn, merchant_id, self.event_id, self.hook["event_type"], event_data
         )
         await plan_deliveries(
             self.conn,

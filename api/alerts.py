@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Operator, require
-from api.deps import OPERATOR_PROBLEMS, Config, Pool, Read, single_valued_query
+from api.deps import OPERATOR_PROBLEMS, Config, Pool, Read, Temporal, single_valued_query
 from api.problems import problems
 from api.schemas import Alert, AlertGroup, AlertResolution, Silence, SilenceIn, TimelineEntry
 from core.audit import audit
@@ -43,14 +43,6 @@ router = APIRouter(
 slack_router = APIRouter(tags=["on-call"])
 Ack = Annotated[Operator, Depends(require("replay"))]
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-
-
-async def _temporal(request: Request) -> Client:
-    client: Client = request.app.state.temporal
-    return client
-
-
-Temporal = Annotated[Client, Depends(_temporal)]
 
 
 @router.get("/alerts", dependencies=[Read], response_model=list[Alert])

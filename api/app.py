@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import alerts, dashboard, deliveries, desk, exchange, ingress, operator, wallets
+from api import alerts, dashboard, deliveries, desk, escrows, exchange, ingress, operator, wallets
 from api.inbox import Inbox
 from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
@@ -146,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alerts.slack_router)
     app.include_router(deliveries.router)
     app.include_router(wallets.router)
+    app.include_router(escrows.router)
     app.include_router(exchange.router)
     app.include_router(dashboard.router)
     app.include_router(desk.router)

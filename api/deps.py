@@ -9,6 +9,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
+from temporalio.client import Client
 
 from api.auth import Operator, require
 from api.problems import ANY_REQUEST, problems
@@ -25,6 +26,7 @@ __all__ = [
     "Reads",
     "Replay",
     "ReplayOperator",
+    "Temporal",
     "single_valued_query",
 ]
 
@@ -71,7 +73,14 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
+async def _temporal(request: Request) -> Client:
+    client: Client = request.app.state.temporal
+    return client
+
+
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 Reads = Annotated[ReadPool, Depends(_reads)]
 """The dashboard's reads (the read replica's pool when one is set): never for a decision."""
 Config = Annotated[Settings, Depends(_settings)]
+Temporal = Annotated[Client, Depends(_temporal)]
+"""The api's Temporal client (connected lazily: only routes that talk to workflows need it)."""

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,6 +30,7 @@ __all__ = [
     "ApiKeyCreated",
     "ApiKeyIn",
     "ApiKeyOut",
+    "BeneficiaryIn",
     "DeadLetter",
     "DeliveryAttemptOut",
     "DeliveryOut",
@@ -38,6 +40,13 @@ __all__ = [
     "EndpointOut",
     "EndpointPatch",
     "EndpointSecretRotated",
+    "EscrowIn",
+    "EscrowList",
+    "EscrowOut",
+    "EscrowRequestIn",
+    "EscrowSourceIn",
+    "EscrowSourceOut",
+    "EscrowTransition",
     "EventOut",
     "FreshRead",
     "IsoDateTime",
@@ -584,3 +593,103 @@ class FreshRead(BaseModel):
             "as_of": fresh.as_of,
             "replica_lag_seconds": fresh.lag_seconds,
         }
+
+
+# -- escrows -------------------------------------------------------------------------------------
+
+EscrowStatusName = Literal[
+    "created",
+    "funding",
+    "funded",
+    "releasing",
+    "released",
+    "release_failed",
+    "refunding",
+    "refunded",
+    "failed",
+]
+
+
+class EscrowSourceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wallet_id: WalletId = Field(description="A wallet of the escrow's merchant, in its currency.")
+    amount: MinorUnits
+
+
+class BeneficiaryIn(BaseModel):
+    """Who the escrow is released to: a wallet, or an external account at the payout
+    provider (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wallet_id: WalletId | None = None
+    account: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")] | None = Field(
+        None, description="The payout provider's id of an external account."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BeneficiaryIn:
+        if (self.wallet_id is None) == (self.account is None):
+            raise ValueError("a beneficiary is a wallet_id or an account, not both or neither")
+        return self
+
+
+class EscrowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    merchant_id: Identifier = Field(description="The owner, whose wallets fund the escrow.")
+    currency: Currency
+    sources: list[EscrowSourceIn] = Field(min_length=1, max_length=20)
+    beneficiary: BeneficiaryIn
+    expires_at: AwareDatetime = Field(
+        description="When an escrow nobody released is refunded to its sources."
+    )
+    reference: str = Field(
+        min_length=1, max_length=200, description="E.g. the giveaway or gift card it is for."
+    )
+
+
+class EscrowRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=500, description="Recorded in the audit log.")
+
+
+class EscrowSourceOut(BaseModel):
+    wallet_id: str
+    amount: int
+    debited: bool = Field(description="Its debit into the escrow is posted.")
+    returned: bool = Field(description="Its debit was returned (failed funding, or a refund).")
+
+
+class EscrowTransition(BaseModel):
+    from_status: EscrowStatusName | None
+    to_status: EscrowStatusName
+    actor: str
+    reason: str | None
+    at: datetime
+    event_id: str | None = Field(description="The merchant event that published it.")
+
+
+class EscrowOut(BaseModel):
+    """An escrow, its sources and its transitions (audit log, oldest first)."""
+
+    id: str
+    merchant_id: str
+    currency: str
+    amount: int = Field(description="Integer minor units: the sum of the sources.")
+    sources: list[EscrowSourceOut]
+    beneficiary: BeneficiaryIn
+    reference: str
+    expires_at: datetime
+    status: EscrowStatusName
+    payout_transfer_id: str | None = Field(description="The provider's transfer, once paid.")
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    transitions: list[EscrowTransition]
+
+
+class EscrowList(BaseModel):
+    escrows: list[EscrowOut] = Field(description="Newest first; without sources or transitions.")

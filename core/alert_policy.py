@@ -66,8 +66,10 @@ __all__ = [
 # before a policy is checked so that every kind it may name is known.
 DETECTORS = (
     "activities.ledger",
+    "activities.escrow",
     "activities.deliveries",
     "activities.endpoint_health",
+    "activities.exchange",
     "activities.monitor",
     "gateway.server",
 )

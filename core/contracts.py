@@ -22,6 +22,8 @@ __all__ = [
     "DELIVERIES_CHANNEL",
     "DELIVERY_TRANSITIONS",
     "ENTITY_ID",
+    "ESCROW_ID",
+    "ESCROW_REFUSED",
     "ESCROW_TRANSITIONS",
     "EVENT_TYPE",
     "EXCHANGE_TRANSITIONS",
@@ -45,6 +47,13 @@ __all__ = [
     "DeliveryStatus",
     "EscalationInput",
     "EscalationStepPlan",
+    "EscrowAlertInput",
+    "EscrowInput",
+    "EscrowMoveInput",
+    "EscrowRequest",
+    "EscrowSettleInput",
+    "EscrowSource",
+    "EscrowSourceInput",
     "EscrowStatus",
     "EventType",
     "ExchangeStatus",
@@ -65,6 +74,7 @@ __all__ = [
     "delivery_lane_workflow_id",
     "entity_key",
     "escalation_workflow_id",
+    "escrow_workflow_id",
     "merchant_channel",
     "priority_of",
     "webhook_workflow_id",
@@ -337,7 +347,8 @@ MERCHANT_ID = SearchAttributeKey.for_keyword("MerchantId")
 ENTITY_ID = SearchAttributeKey.for_keyword("EntityId")
 EVENT_TYPE = SearchAttributeKey.for_keyword("EventType")
 WEBHOOK_ID = SearchAttributeKey.for_keyword("WebhookId")
-SEARCH_ATTRIBUTES = (PARTNER_ID, MERCHANT_ID, ENTITY_ID, EVENT_TYPE, WEBHOOK_ID)
+ESCROW_ID = SearchAttributeKey.for_keyword("EscrowId")
+SEARCH_ATTRIBUTES = (PARTNER_ID, MERCHANT_ID, ENTITY_ID, EVENT_TYPE, WEBHOOK_ID, ESCROW_ID)
 
 
 def entity_key(event_type: str, data: dict[str, object]) -> str | None:
@@ -575,3 +586,98 @@ class HealthReport:
     others it owns)."""
 
     open_alerts: list[str]
+
+
+# -- escrows -------------------------------------------------------------------------------------
+
+
+def escrow_workflow_id(escrow_id: str) -> str:
+    """The workflow id of one escrow's saga: a business key, so a repeated start is a no-op."""
+    return f"escrow:{escrow_id}"
+
+
+ESCROW_REFUSED = "EscrowRefused"
+"""The error ``type`` an escrow's update refuses a release or refund with: the escrow is not in a
+state for it (the api answers 409)."""
+
+
+@dataclass(frozen=True)
+class EscrowSource:
+    """One wallet funding an escrow, and how much (integer minor units)."""
+
+    wallet_id: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class EscrowInput:
+    """Starts one :class:`workflows.escrow.EscrowWorkflow`: the escrow as created (its row is
+    committed, ``created``), plus the settings the saga needs. ``expires_at`` is ISO with zone;
+    exactly one of ``beneficiary_wallet`` and ``beneficiary_account`` is set."""
+
+    escrow_id: str
+    merchant_id: str
+    currency: str
+    amount: int
+    sources: list[EscrowSource]
+    beneficiary_wallet: str | None
+    beneficiary_account: str | None
+    reference: str
+    expires_at: str
+    actor: str
+    created_event_id: str
+    compensation_alert_seconds: float
+
+
+@dataclass(frozen=True)
+class EscrowRequest:
+    """An operator's release or refund of an escrow (an update of its workflow)."""
+
+    actor: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EscrowMoveInput:
+    """Move an escrow from ``from_status`` to ``to_status``, audited and published; a repeat
+    finding it already moved does nothing."""
+
+    escrow_id: str
+    from_status: EscrowStatus
+    to_status: EscrowStatus
+    actor: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class EscrowSourceInput:
+    """One source's debit into the escrow's holding account, or its return (compensation or
+    refund); the ledger key derives from the escrow and the wallet."""
+
+    escrow_id: str
+    wallet_id: str
+    amount: int
+    currency: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class EscrowSettleInput:
+    """Pay the escrow out of its holding account and mark it ``released`` (to its beneficiary
+    wallet, or, with ``transfer_id``, out to the provider that already paid the external
+    account), or return it to its sources and mark it ``refunded``."""
+
+    escrow_id: str
+    actor: str
+    reason: str | None
+    transfer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EscrowAlertInput:
+    """Open (or resolve) the escrow alert of ``kind`` for one escrow."""
+
+    escrow_id: str
+    kind: str
+    summary: str
+    resolve: bool = False

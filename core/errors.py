@@ -27,6 +27,7 @@
       * :class:`IdempotencyKeyInUse` (409) — the first request with this key is still running;
         safe to retry.
 
+    * :class:`EscrowConflict` (409) — an escrow is not in a state for this release or refund.
     * :class:`ExchangeConflict` (409) — an exchange request is not in a state (or not assigned to
       the caller) for this change; names its status and assignee (the winner of a lost claim).
     * :class:`ReplicaUnavailable` (503) — the read replica behind a dashboard read cannot answer
@@ -48,6 +49,7 @@ __all__ = [
     "BodyTimeout",
     "CurrencyMismatch",
     "DestinationRefused",
+    "EscrowConflict",
     "ExchangeConflict",
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
@@ -184,6 +186,18 @@ class IdempotencyKeyReused(MoneyRefused):
 
 class IdempotencyKeyInUse(MoneyRefused):
     """A request repeated while the first with its idempotency key is still running."""
+
+
+class EscrowConflict(OperatorError):
+    """A release or refund of an escrow that is not ``funded`` (or held in ``release_failed``):
+    still funding, failed, already released or refunded, or another request under way."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(409, detail)
+
+    @property
+    def problem_type(self) -> str:
+        return "/problems/escrow-conflict"
 
 
 class ExchangeConflict(OperatorError):

@@ -2,8 +2,9 @@
 
 The publish activity sends this shape to Redis, the gateway replays it from Postgres on resume
 and after gaps, and the api's sync endpoint returns it, so a client cannot tell which path an
-event took. The ``events`` table gives each merchant a gapless ``seq``; the ledger allocates it
-under the merchant row's lock, so seq *n* existing means every seq below *n* is committed.
+event took. The ``events`` table gives each merchant a gapless ``seq``; every writer (the ledger,
+the escrow saga) appends through :func:`append_merchant_event`, which allocates it under the
+merchant row's lock, so seq *n* existing means every seq below *n* is committed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncpg
 from core.db import Connection
 
 __all__ = [
+    "append_merchant_event",
     "encode_merchant_event",
     "events_after",
     "head_seq",
@@ -26,6 +28,26 @@ __all__ = [
 ]
 
 _COLUMNS = "merchant_id, seq, event_id, type, data, created_at"
+
+
+async def append_merchant_event(
+    conn: Connection, merchant_id: str, event_id: str, type_: str, data: Mapping[str, Any]
+) -> int:
+    """Append one event to the merchant's feed in the caller's transaction; returns its ``seq``
+    (the next one, allocated under the merchant row's lock until the transaction ends)."""
+    seq: int = await conn.fetchval(
+        "UPDATE merchants SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+        merchant_id,
+    )
+    await conn.execute(
+        "INSERT INTO events (merchant_id, seq, event_id, type, data) VALUES ($1, $2, $3, $4, $5)",
+        merchant_id,
+        seq,
+        event_id,
+        type_,
+        dict(data),
+    )
+    return seq
 
 
 def encode_merchant_event(row: Mapping[str, Any] | asyncpg.Record) -> str:

@@ -37,7 +37,9 @@ __all__ = [
     "Movement",
     "Posting",
     "balance",
+    "open_escrow_account",
     "open_wallet",
+    "pay_out",
     "post",
     "statement",
     "top_up",
@@ -112,19 +114,42 @@ async def open_wallet(
     return row
 
 
+async def open_escrow_account(conn: Connection, escrow_id: str, currency: str) -> None:
+    """Open the empty ledger account that holds an escrow's money (kind ``escrow``, the escrow's
+    id): debits of its sources land there, and its release or refund empties it."""
+    await conn.execute(
+        "INSERT INTO ledger_accounts (id, kind, currency) VALUES ($1, 'escrow', $2)",
+        escrow_id,
+        currency,
+    )
+
+
 async def top_up(
     conn: Connection, wallet_id: str, amount: int, *, key: str, actor: str
 ) -> Movement:
     """Credit a wallet with ``amount`` from the world account of its currency, once per key."""
     currency = await _wallet_currency(conn, wallet_id)
-    await conn.execute(
-        "INSERT INTO ledger_accounts (id, kind, currency) VALUES ($1, 'world', $2)"
-        " ON CONFLICT (id) DO NOTHING",
-        world_account(currency),
-        currency,
-    )
+    await _open_world_account(conn, currency)
     legs = {world_account(currency): -amount, wallet_id: amount}
     return await post(conn, legs, currency=currency, kind="top_up", key=key, actor=actor)
+
+
+async def pay_out(
+    conn: Connection,
+    account_id: str,
+    amount: int,
+    *,
+    currency: str,
+    kind: str,
+    key: str,
+    actor: str,
+    reason: str | None = None,
+) -> Movement:
+    """Move ``amount`` from an account to the world account of ``currency``: money that left
+    Switchboard (e.g. paid to an external account by the payout provider), once per key."""
+    await _open_world_account(conn, currency)
+    legs = {account_id: -amount, world_account(currency): amount}
+    return await post(conn, legs, currency=currency, kind=kind, key=key, actor=actor, reason=reason)
 
 
 async def transfer(
@@ -319,6 +344,15 @@ async def statement(
             limit,
         )
     return wallet, entries
+
+
+async def _open_world_account(conn: Connection, currency: str) -> None:
+    await conn.execute(
+        "INSERT INTO ledger_accounts (id, kind, currency) VALUES ($1, 'world', $2)"
+        " ON CONFLICT (id) DO NOTHING",
+        world_account(currency),
+        currency,
+    )
 
 
 async def _wallet_currency(conn: Connection, wallet_id: str) -> str:

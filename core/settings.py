@@ -238,6 +238,18 @@ class Settings(BaseSettings):
         "keeps 24 h); after that the key may be purged, but the ledger still moves money once "
         "per key.",
     )
+    escrow_wait_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Longest an escrow request (create, release, refund) waits for its outcome"
+        " before answering 202 with the escrow's URL.",
+    )
+    escrow_compensation_alert_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="An escrow whose failed funding is not fully returned to its sources after"
+        " this long raises an escrow_compensation_slow alert (the saga keeps retrying).",
+    )
 
     # Real-time gateway.
     gateway_host: str = Field(

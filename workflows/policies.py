@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from temporalio.common import RetryPolicy
 
+from core.contracts import PAYOUT_REFUSED
 from core.errors import PermanentEventError
 
 __all__ = [
@@ -15,11 +16,15 @@ __all__ = [
     "DELIVERY_BLOCKED_WAIT",
     "DELIVERY_RECORD_RETRY",
     "DEPENDENCY_GRACE",
+    "ESCROW_STEP_RETRY",
+    "ESCROW_STEP_TIMEOUT",
     "LEDGER_LOCAL_RETRY_THRESHOLD",
     "LEDGER_RETRY",
     "LEDGER_TIMEOUT",
     "NOTIFY_RETRY",
     "NOTIFY_TIMEOUT",
+    "PAYOUT_RETRY",
+    "PAYOUT_TIMEOUT",
     "PUBLISH_RETRY",
     "PUBLISH_TIMEOUT",
 ]
@@ -74,3 +79,23 @@ DELIVERY_BLOCKED_WAIT = timedelta(seconds=5)
 DELIVERY_BLOCKED_MAX_WAIT = timedelta(minutes=5)
 # A lane continues as new after this many deliveries, keeping its history short.
 DELIVERIES_PER_LANE_RUN = 200
+
+# Escrow steps (transitions, debits, returns, settlements) retry until done: each is idempotent
+# under its business key, and Postgres being away must only delay the saga. A refusal that no
+# retry can cure (insufficient funds, a closed wallet) is raised non-retryable by the activity.
+ESCROW_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+ESCROW_STEP_TIMEOUT = timedelta(seconds=30)
+
+# A payout transfer is retried with the same idempotency key (the provider answers a repeat
+# with the original transfer) until it is confirmed or refused for good.
+PAYOUT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=[PAYOUT_REFUSED],
+)
+PAYOUT_TIMEOUT = timedelta(seconds=60)

@@ -15,7 +15,7 @@ RETENTION=${NAMESPACE_RETENTION:-7d}
 ATTEMPTS=${WAIT_ATTEMPTS:-60}
 PAUSE=${WAIT_SECONDS:-5}
 # Must name exactly core.contracts.SEARCH_ATTRIBUTES (tests/test_compose.py checks it).
-SEARCH_ATTRIBUTES="PartnerId MerchantId EntityId EventType WebhookId"
+SEARCH_ATTRIBUTES="PartnerId MerchantId EntityId EventType WebhookId EscrowId"
 
 log() {
     echo "create-namespace: $*"

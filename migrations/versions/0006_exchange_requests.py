@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from migrations.sql import drop_tables
+from migrations.sql import drop_tables, transition_table, transition_trigger
 
 revision = "0006"
 down_revision = "0005"
@@ -41,21 +41,10 @@ TRANSITIONS: list[tuple[str | None, str]] = [
 """Frozen with this revision: a later change to the drawing is a migration of its own."""
 
 _STATUS_LIST = ", ".join(f"'{status}'" for status in STATUSES)
-_TRANSITION_ROWS = ", ".join(
-    f"({'NULL' if old is None else repr(old)}, '{new}')" for old, new in TRANSITIONS
-)
 
 # One statement each: function bodies hold ';' line ends.
 STATEMENTS = [
-    """
-    CREATE TABLE exchange_request_transitions (
-        from_state text,
-        to_state text NOT NULL
-    )
-    """,
-    "CREATE UNIQUE INDEX exchange_request_transitions_once"
-    " ON exchange_request_transitions (coalesce(from_state, ''), to_state)",
-    f"INSERT INTO exchange_request_transitions (from_state, to_state) VALUES {_TRANSITION_ROWS}",
+    *transition_table("exchange_request", TRANSITIONS),
     f"""
     CREATE TABLE exchange_requests (
         id text PRIMARY KEY CHECK (id ~ '^exr_[0-9a-f]{{32}}$'),
@@ -82,31 +71,11 @@ STATEMENTS = [
     "CREATE INDEX exchange_requests_by_customer"
     " ON exchange_requests (merchant_id, customer_id, created_at)",
     "CREATE INDEX exchange_requests_by_assignee ON exchange_requests (assignee, status)",
-    """
-    CREATE FUNCTION exchange_request_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE
-        old_status text;
-    BEGIN
-        IF TG_OP = 'UPDATE' THEN
-            IF NEW.status = OLD.status AND NEW.assignee IS NOT DISTINCT FROM OLD.assignee THEN
-                RETURN NEW;
-            END IF;
-            old_status := OLD.status;
-        END IF;
-        IF NOT EXISTS (SELECT 1 FROM exchange_request_transitions
-                       WHERE from_state IS NOT DISTINCT FROM old_status
-                       AND to_state = NEW.status) THEN
-            RAISE EXCEPTION 'exchange request % may not go from % to %',
-                NEW.id, coalesce(old_status, '(new)'), NEW.status
-                USING ERRCODE = 'check_violation', CONSTRAINT = 'exchange_requests_transition';
-        END IF;
-        RETURN NEW;
-    END $$
-    """,
-    """
-    CREATE TRIGGER exchange_requests_transition BEFORE INSERT OR UPDATE ON exchange_requests
-    FOR EACH ROW EXECUTE FUNCTION exchange_request_transition()
-    """,
+    *transition_trigger(
+        "exchange_request",
+        "exchange_requests",
+        unchanged="NEW.status = OLD.status AND NEW.assignee IS NOT DISTINCT FROM OLD.assignee",
+    ),
 ]
 
 
