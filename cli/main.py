@@ -2,7 +2,7 @@
 
 Process commands (``dev``, ``api``, ``worker``, ``gateway``, ``migrate``) run code in this
 process. Operator commands (``partners``, ``merchants``, ``trace``, ``events``, ``dead-letters``,
-``alerts``, ``wallets``, ``exchange``) are clients of the operator API at
+``alerts``, ``wallets``, ``escrows``, ``exchange``) are clients of the operator API at
 ``SWITCHBOARD_PUBLIC_BASE_URL``; ``send`` and ``demo`` sign webhooks like a partner would. Every
 command takes ``--json`` for machine-readable output.
 """
@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cli.client import Json, call, console, dev_only, emit, fail, operator_client
 from cli.dev_state import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state
+from cli.escrows import escrows_app
 from cli.exchange import exchange_app
 from cli.oncall import alerts_app, pages_app
 from cli.outbound import deliveries_app, endpoints_app, mail_app, play_app
@@ -62,6 +63,7 @@ app.add_typer(play_app, name="play")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(pages_app, name="pages")
 app.add_typer(wallets_app, name="wallets")
+app.add_typer(escrows_app, name="escrows")
 app.add_typer(exchange_app, name="exchange")
 
 # -- processes ---------------------------------------------------------------------------------
