@@ -6,6 +6,7 @@ rest of the api."""
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from core.merchant_events import events_after
 from core.settings import DEV_ADMIN_API_KEY, Settings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres, EmbeddedReplica
-from tests.gateway.support import append_events
+from tests.gateway.conftest import CHROMIUM
+from tests.gateway.support import append_events, running_gateway, signed_in_page
 from tests.money_support import new_merchant
 from tests.support import fresh_database, running_api, wait_for
 
@@ -93,6 +95,13 @@ async def append(pool: asyncpg.Pool, merchant: str, count: int) -> None:
     """``count`` events on the merchant's feed, one transaction each, as the ledger appends them."""
     for _ in range(count):
         await append_events(pool, None, merchant, 1)
+
+
+@pytest.fixture
+def chromium() -> str:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium`")
+    return CHROMIUM
 
 
 async def sync(api: ReplicatedApi, merchant: str, **params: Any) -> dict[str, Any]:
@@ -257,6 +266,36 @@ async def test_a_lagging_replica_shows_a_consistent_past_and_decisions_read_the_
     body = await synced_to(api, merchant, 7)
     assert [event["seq"] for event in body["events"]] == list(range(1, 8))
     await desk_shows(api, merchant, pending=0, assigned=1)
+
+
+async def test_the_page_loads_from_a_lagging_replica_and_its_feed_fills_in_the_rest(
+    replicated: ReplicatedApi, chromium: str
+) -> None:
+    """In headless Chromium, with replay paused: the page loads its snapshot from the replica
+    (3 events of 7), resumes the gateway's feed from that seq, and shows all 7 in order."""
+    api = replicated
+    merchant = await new_merchant(api.primary)
+    await append(api.primary, merchant, 3)
+    await synced_to(api, merchant, 3)
+    gateway_port = free_port()
+    settings = api.settings.model_copy(
+        update={"gateway_public_url": f"ws://127.0.0.1:{gateway_port}"}
+    )
+    with paused(api.replica):
+        await append(api.primary, merchant, 4)
+        async with contextlib.AsyncExitStack() as exits:
+            api_url = await exits.enter_async_context(running_api(settings))
+            gateway_settings = settings.model_copy(update={"gateway_allowed_origins": [api_url]})
+            await exits.enter_async_context(
+                running_gateway(gateway_settings, api.primary, gateway_port)
+            )
+            lagging = await sync(api, merchant)
+            assert (lagging["head_seq"], lagging["replica_lag_seconds"] > 0) == (3, True)
+            page, errors = await signed_in_page(exits, chromium, api_url, settings, merchant)
+            await page.wait_for_function("() => window.switchboard.lastSeq() === 7")
+            assert await page.evaluate("window.switchboard.syncs()") == 1
+            assert await page.evaluate("window.switchboard.seqs()") == list(range(1, 8))
+            assert errors == []
 
 
 async def assert_wallet_moves_decide_on_the_primary(api: ReplicatedApi, merchant: str) -> None:
