@@ -38,6 +38,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deliveries import DeliveryActivities
 from activities.email import Mailer
+from activities.exchange import ExchangeActivities
 from activities.escrow import EscrowActivities
 from activities.ledger import LedgerActivities
 from activities.monitor import HealthActivities
@@ -51,9 +52,11 @@ from core.realtime import connect_redis
 from core.settings import Settings
 from relays.alerts import AlertRelay
 from relays.deliveries import DeliveryRelay
+from relays.exchange import ExchangeRelay
 from relays.inbox import InboxRelay
 from workflows.delivery import DeliveryLaneWorkflow
 from workflows.escalation import EscalationWorkflow
+from workflows.exchange import ExchangeRequestWorkflow
 from workflows.escrow import EscrowWorkflow
 from workflows.monitor import HealthMonitorWorkflow
 from workflows.webhook import WebhookWorkflow
@@ -61,6 +64,7 @@ from workflows.webhook import WebhookWorkflow
 __all__ = [
     "WORKFLOWS",
     "build_delivery_worker",
+    "build_exchange_worker",
     "build_oncall_worker",
     "build_worker",
     "ensure_monitor_schedule",
@@ -74,6 +78,7 @@ WORKFLOWS = [
     DeliveryLaneWorkflow,
     EscalationWorkflow,
     HealthMonitorWorkflow,
+    ExchangeRequestWorkflow,
     EscrowWorkflow,
 ]
 log = logging.getLogger("switchboard.worker")
@@ -161,6 +166,27 @@ def build_oncall_worker(
     )
 
 
+def build_exchange_worker(client: Client, settings: Settings, pool: asyncpg.Pool) -> Worker:
+    """The Temporal worker for exchange request workflows (SLA timers, customer emails,
+    analytics), on a task queue of its own so a webhook backlog never delays a desk timer."""
+    exchange = ExchangeActivities(pool)
+    return Worker(
+        client,
+        task_queue=settings.exchange_task_queue,
+        workflows=[ExchangeRequestWorkflow],
+        workflow_runner=_runner(settings),
+        activities=[
+            exchange.look_up,
+            exchange.check_pending_sla,
+            exchange.resolve_pending_sla,
+            exchange.release_idle,
+            exchange.notify_customer,
+            exchange.record_analytics,
+        ],
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
 async def ensure_monitor_schedule(client: Client, settings: Settings) -> None:
     """Create (or bring up to date) the Temporal Schedule that runs the health monitor."""
     schedule_id = f"health-monitor:{settings.oncall_task_queue}"
@@ -205,6 +231,7 @@ async def running_workers(
         await stack.enter_async_context(build_worker(client, settings, pool, redis))
         await stack.enter_async_context(build_delivery_worker(client, settings, pool, stack))
         await stack.enter_async_context(build_oncall_worker(client, settings, pool, policy, stack))
+        await stack.enter_async_context(build_exchange_worker(client, settings, pool))
         if settings.monitor_schedule:
             await ensure_monitor_schedule(client, settings)
         if relays:
@@ -212,6 +239,7 @@ async def running_workers(
                 InboxRelay(pool, client, settings),
                 DeliveryRelay(pool, client, settings),
                 AlertRelay(pool, client, settings, policy),
+                ExchangeRelay(pool, client, settings),
             ):
                 task = asyncio.create_task(relay.run(), name=type(relay).__name__)
                 stack.push_async_callback(_cancel, task)

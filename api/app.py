@@ -25,6 +25,7 @@ from api.problems import ANY_REQUEST, install_problem_handlers, problems
 from api.ratelimit import RateLimiter
 from core.db import DATABASE_UNREACHABLE, connect_pool, within
 from core.errors import Unavailable
+from core.exchange_workflow import ExchangeWorkflows
 from core.logs import configure_logging
 from core.realtime import connect_redis
 from core.replica import ReadPool
@@ -111,11 +112,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.pool = pool
         app.state.reads = ReadPool(read_pool or pool, replica=read_pool is not None)
         app.state.redis = redis
-        # Only on-call actions (acknowledge, resolve) talk to Temporal; connecting lazily keeps
-        # the api independent of it for everything else.
+        # Only on-call actions (acknowledge, resolve) and exchange requests' workflows (in the
+        # background, after commit) talk to Temporal; connecting lazily keeps the api
+        # independent of it for everything else.
         app.state.temporal = await Client.connect(
             settings.temporal_address, namespace=settings.temporal_namespace, lazy=True
         )
+        app.state.exchange_workflows = ExchangeWorkflows(app.state.temporal, pool, settings)
         app.state.ingress = ingress.Ingress(
             settings=settings,
             partners=PartnerDirectory(pool),
@@ -126,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.exchange_workflows.close()
             await inbox.close()
             await redis.aclose()
             await pool.close()

@@ -1,7 +1,9 @@
 """Exchange requests API (``/v1/exchange-requests``): create one (once per ``Idempotency-Key``,
 rate-limited per customer), list and show them with their audit timeline, and work them: claim,
 advance, release, reassign (admin), cancel. Writes go through :mod:`core.exchange`; the
-operator is the API key's :attr:`~api.auth.Operator.actor`.
+operator is the API key's :attr:`~api.auth.Operator.actor`. After each commit the request's
+workflow (:mod:`core.exchange_workflow`) is started or told in the background, never in the
+answer's path.
 
 Working the desk takes the ``replay`` scope (the operators' acting scope, as acknowledging an
 alert does); reading takes ``read``; reassigning takes ``admin``.
@@ -9,6 +11,7 @@ alert does); reading takes ``read``; reassigning takes ``admin``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable
 from datetime import datetime
@@ -29,7 +32,8 @@ from core import exchange
 from core.contracts import ExchangeStatus
 from core.db import Connection
 from core.errors import ExchangeConflict, RateLimited
-from core.formats import Identifier
+from core.exchange_workflow import ExchangeWorkflows
+from core.formats import EmailAddress, Identifier
 
 __all__ = ["router"]
 
@@ -70,6 +74,11 @@ class ExchangeRequestIn(BaseModel):
     quote: MinorUnits | None = Field(
         None, description="The quoted amount to receive, in to_currency minor units."
     )
+    customer_email: EmailAddress | None = Field(
+        None,
+        description="Where the customer is told about the request (received, processing,"
+        " completed, failed or cancelled), by email.",
+    )
 
 
 class ExchangeRequestOut(BaseModel):
@@ -86,6 +95,7 @@ class ExchangeRequestOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int = Field(description="Goes up by one with every transition.")
+    customer_email: str | None = None
 
 
 class TransitionOut(BaseModel):
@@ -165,7 +175,7 @@ async def create_exchange_request(
         row = await exchange.create(conn, **body.model_dump(), actor=operator.actor)
         return 201, ExchangeRequestOut(**dict(row))
 
-    return await idempotent(
+    response = await idempotent(
         request,
         pool,
         key=idempotency_key,
@@ -174,6 +184,17 @@ async def create_exchange_request(
         retention_seconds=settings.idempotency_key_retention_seconds,
         work=work,
     )
+    if response.status_code == 201:
+        # A replay retries the start too, if the first answer's start never got through.
+        created = json.loads(bytes(response.body))
+        row = await pool.fetchrow(
+            f"SELECT {exchange.COLUMNS} FROM exchange_requests"
+            " WHERE id = $1 AND workflow_started_at IS NULL",
+            created["id"],
+        )
+        if row is not None:
+            _workflows(request).created(row)
+    return response
 
 
 @router.get("", dependencies=[Read], response_model=ExchangeRequestList)
@@ -221,12 +242,12 @@ async def show_exchange_request(request_id: RequestPath, pool: Pool) -> Exchange
     responses=_WORKING,
 )
 async def claim_exchange_request(
-    request_id: RequestPath, pool: Pool, operator: Worker
+    request_id: RequestPath, request: Request, pool: Pool, operator: Worker
 ) -> ExchangeRequestOut | JSONResponse:
     """Take a pending request: of any number of simultaneous claims exactly one wins; every
     other gets a 409 naming the winner (``assignee``)."""
     async with pool.acquire() as conn:
-        return await _answer(exchange.claim(conn, request_id, actor=_actor(operator)))
+        return await _answer(request, exchange.claim(conn, request_id, actor=_actor(operator)))
 
 
 @router.post(
@@ -235,18 +256,19 @@ async def claim_exchange_request(
     responses=_WORKING,
 )
 async def advance_exchange_request(
-    request_id: RequestPath, change: AdvanceIn, pool: Pool, operator: Worker
+    request_id: RequestPath, change: AdvanceIn, request: Request, pool: Pool, operator: Worker
 ) -> ExchangeRequestOut | JSONResponse:
     """Move a request on (``processing``, then ``completed``; or ``failed``); assignee only."""
     async with pool.acquire() as conn:
         return await _answer(
+            request,
             exchange.advance(
                 conn,
                 request_id,
                 ExchangeStatus(change.to),
                 actor=_actor(operator),
                 reason=change.reason,
-            )
+            ),
         )
 
 
@@ -256,13 +278,17 @@ async def advance_exchange_request(
     responses=_WORKING,
 )
 async def release_exchange_request(
-    request_id: RequestPath, pool: Pool, operator: Worker, change: ReasonIn | None = None
+    request_id: RequestPath,
+    request: Request,
+    pool: Pool,
+    operator: Worker,
+    change: ReasonIn | None = None,
 ) -> ExchangeRequestOut | JSONResponse:
     """Put an assigned request back in the queue; assignee only."""
     reason = change.reason if change else None
     async with pool.acquire() as conn:
         return await _answer(
-            exchange.release(conn, request_id, actor=_actor(operator), reason=reason)
+            request, exchange.release(conn, request_id, actor=_actor(operator), reason=reason)
         )
 
 
@@ -272,14 +298,19 @@ async def release_exchange_request(
     responses=_WORKING,
 )
 async def reassign_exchange_request(
-    request_id: RequestPath, change: ReassignIn, pool: Pool, operator: AdminOperator
+    request_id: RequestPath,
+    change: ReassignIn,
+    request: Request,
+    pool: Pool,
+    operator: AdminOperator,
 ) -> ExchangeRequestOut | JSONResponse:
     """Give a pending, assigned or processing request to another operator (admin only)."""
     async with pool.acquire() as conn:
         return await _answer(
+            request,
             exchange.reassign(
                 conn, request_id, change.assignee, actor=_actor(operator), reason=change.reason
-            )
+            ),
         )
 
 
@@ -289,14 +320,18 @@ async def reassign_exchange_request(
     responses=_WORKING,
 )
 async def cancel_exchange_request(
-    request_id: RequestPath, pool: Pool, operator: Worker, change: ReasonIn | None = None
+    request_id: RequestPath,
+    request: Request,
+    pool: Pool,
+    operator: Worker,
+    change: ReasonIn | None = None,
 ) -> ExchangeRequestOut | JSONResponse:
     """Cancel a request nobody has started on: anyone while queued, the assignee or an admin
     once assigned."""
     reason = change.reason if change else None
     async with pool.acquire() as conn:
         return await _answer(
-            exchange.cancel(conn, request_id, actor=_actor(operator), reason=reason)
+            request, exchange.cancel(conn, request_id, actor=_actor(operator), reason=reason)
         )
 
 
@@ -304,10 +339,20 @@ def _actor(operator: Operator) -> exchange.Actor:
     return exchange.Actor(operator.actor, admin="admin" in operator.scopes)
 
 
-async def _answer(change: Awaitable[asyncpg.Record]) -> ExchangeRequestOut | JSONResponse:
-    """The changed request, or the conflict as a problem naming who holds it."""
+def _workflows(request: Request) -> ExchangeWorkflows:
+    workflows: ExchangeWorkflows = request.app.state.exchange_workflows
+    return workflows
+
+
+async def _answer(
+    request: Request, change: Awaitable[asyncpg.Record]
+) -> ExchangeRequestOut | JSONResponse:
+    """The changed request (its workflow told after the commit), or the conflict as a problem
+    naming who holds it."""
     try:
-        return ExchangeRequestOut(**dict(await change))
+        row = await change
+        _workflows(request).changed(row)
+        return ExchangeRequestOut(**dict(row))
     except ExchangeConflict as error:
         return problem(
             409,

@@ -26,6 +26,7 @@ __all__ = [
     "ESCROW_REFUSED",
     "ESCROW_TRANSITIONS",
     "EVENT_TYPE",
+    "EXCHANGE_CHANNEL",
     "EXCHANGE_TRANSITIONS",
     "HEALTH_CHECK_ACTIVITY",
     "INBOX_CHANNEL",
@@ -56,7 +57,12 @@ __all__ = [
     "EscrowSourceInput",
     "EscrowStatus",
     "EventType",
+    "ExchangeNoticeInput",
+    "ExchangeState",
     "ExchangeStatus",
+    "ExchangeTimerInput",
+    "ExchangeTimerResult",
+    "ExchangeWorkflowInput",
     "HealthReport",
     "LaneInput",
     "NotifyAction",
@@ -75,6 +81,7 @@ __all__ = [
     "entity_key",
     "escalation_workflow_id",
     "escrow_workflow_id",
+    "exchange_workflow_id",
     "merchant_channel",
     "priority_of",
     "webhook_workflow_id",
@@ -91,9 +98,11 @@ class EventType(StrEnum):
 
 
 class Priority(IntEnum):
-    """Temporal priority keys (1 is served first). Money before balances, balances before noise."""
+    """Temporal priority keys (1 is served first). Money before balances, balances before noise
+    (unknown events, analytics); customer notifications in between, at Temporal's default."""
 
     MONEY = 1
+    STANDARD = 3
     BALANCE = 4
     OTHER = 5
 
@@ -409,6 +418,11 @@ ALERTS_CHANNEL = "switchboard_alerts"
 """Postgres NOTIFY channel: an alert opened or resolved (the alert relay listens)."""
 
 
+EXCHANGE_CHANNEL = "switchboard_exchange"
+"""Postgres NOTIFY channel: an exchange request may lack its workflow (the exchange relay
+listens)."""
+
+
 def merchant_channel(merchant_id: str) -> str:
     """The Redis pub/sub channel carrying one merchant's events to the gateway."""
     return f"switchboard:merchant:{merchant_id}"
@@ -586,6 +600,62 @@ class HealthReport:
     others it owns)."""
 
     open_alerts: list[str]
+
+
+# -- exchange requests ---------------------------------------------------------------------------
+
+
+def exchange_workflow_id(request_id: str) -> str:
+    """The workflow id of one exchange request: a business key, so every start is idempotent."""
+    return f"exchange-request:{request_id}"
+
+
+@dataclass(frozen=True)
+class ExchangeWorkflowInput:
+    """Starts one :class:`workflows.exchange.ExchangeRequestWorkflow` with its SLA settings."""
+
+    request_id: str
+    merchant_id: str
+    pending_sla_seconds: float
+    assigned_timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class ExchangeState:
+    """An exchange request as Postgres last held it: ``version`` orders the states (it goes up
+    by one per transition); ``age_seconds`` is how long it had been in ``status`` when read
+    (so the workflow times it on its own clock, whatever Postgres's says)."""
+
+    status: ExchangeStatus
+    version: int
+    assignee: str | None
+    age_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExchangeTimerInput:
+    """A timer of the request's workflow acting on ``version``: it acts only if the request is
+    still at that version (the conditional write), else it reports what it found."""
+
+    request_id: str
+    version: int
+    after_seconds: float
+
+
+@dataclass(frozen=True)
+class ExchangeTimerResult:
+    """What the timer found (after its own write, if any) and whether it acted."""
+
+    state: ExchangeState
+    acted: bool
+
+
+@dataclass(frozen=True)
+class ExchangeNoticeInput:
+    """Tell the request's customer (and analytics) about ``state``."""
+
+    request_id: str
+    state: ExchangeState
 
 
 # -- escrows -------------------------------------------------------------------------------------

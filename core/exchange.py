@@ -35,6 +35,7 @@ __all__ = [
     "cancel",
     "claim",
     "create",
+    "expire_assignment",
     "list_requests",
     "reassign",
     "release",
@@ -45,7 +46,7 @@ __all__ = [
 ENTITY = EXCHANGE_TRANSITIONS.entity
 COLUMNS = (
     "id, merchant_id, customer_id, from_amount, from_currency, to_currency, quote, status,"
-    " assignee, created_by, created_at, updated_at, version"
+    " assignee, created_by, created_at, updated_at, version, customer_email"
 )
 ADVANCES = frozenset({ExchangeStatus.PROCESSING, ExchangeStatus.COMPLETED, ExchangeStatus.FAILED})
 """Where the assignee may advance a request."""
@@ -73,6 +74,7 @@ async def create(
     to_currency: str,
     quote: int | None,
     actor: str,
+    customer_email: str | None = None,
 ) -> asyncpg.Record:
     """A new request, queued at once: ``created`` and ``created → pending`` in one transaction,
     both audited. 404 if the merchant does not exist."""
@@ -85,8 +87,8 @@ async def create(
         try:
             await conn.execute(
                 "INSERT INTO exchange_requests (id, merchant_id, customer_id, from_amount,"
-                " from_currency, to_currency, quote, status, created_by)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                " from_currency, to_currency, quote, status, created_by, customer_email)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 request_id,
                 merchant_id,
                 customer_id,
@@ -96,6 +98,7 @@ async def create(
                 quote,
                 EXCHANGE_TRANSITIONS.initial,
                 actor,
+                customer_email,
             )
         except asyncpg.ForeignKeyViolationError:
             raise OperatorError(404, f"no merchant {merchant_id!r}") from None
@@ -192,6 +195,21 @@ async def cancel(
     return await _transition(conn, request_id, decide, actor=actor.name, reason=reason)
 
 
+async def expire_assignment(
+    conn: Connection, request_id: str, *, version: int, actor: str, reason: str
+) -> asyncpg.Record:
+    """Put a request back in the queue because its assignee made no progress: only if it is
+    still ``assigned`` at ``version`` (a timer's conditional write), else
+    :class:`ExchangeConflict`. The reason names the assignee, for them and the timeline."""
+
+    def decide(row: asyncpg.Record) -> tuple[ExchangeStatus, str | None]:
+        if row["status"] != ExchangeStatus.ASSIGNED or row["version"] != version:
+            raise _conflict(row, f"moved on since version {version}")
+        return ExchangeStatus.PENDING, None
+
+    return await _transition(conn, request_id, decide, actor=actor, reason=reason)
+
+
 async def show(conn: Connection, request_id: str) -> asyncpg.Record:
     """One request; 404 if there is none."""
     row = await conn.fetchrow(f"SELECT {COLUMNS} FROM exchange_requests WHERE id = $1", request_id)
@@ -242,7 +260,7 @@ async def _transition(
     one transaction, so whoever waited on the lock sees the winner's write."""
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT id, status, assignee FROM exchange_requests WHERE id = $1 FOR UPDATE",
+            "SELECT id, status, assignee, version FROM exchange_requests WHERE id = $1 FOR UPDATE",
             request_id,
         )
         if row is None:

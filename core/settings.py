@@ -150,6 +150,23 @@ class Settings(BaseSettings):
     exchange_rate_limit_per_minute: int = Field(
         10, ge=1, description="Exchange requests one customer may create a minute (Redis)."
     )
+    exchange_pending_sla_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="An exchange request left pending (unclaimed) this long raises the"
+        " exchange_pending_sla alert; it resolves once the request is claimed or ends.",
+    )
+    exchange_assigned_timeout_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="An exchange request assigned this long without progress goes back to"
+        " pending (audited as system:sla; the assignee sees it on the desk).",
+    )
+    exchange_task_queue: str = Field(
+        "switchboard-exchange",
+        description="Task queue of exchange request workflows (their SLA timers, customer"
+        " notifications and analytics), apart from the webhook backlog.",
+    )
 
     # Processing rules.
     dependency_window_seconds: float = Field(

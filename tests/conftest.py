@@ -118,6 +118,7 @@ async def settings(
         workflow_sandbox=True,
         delivery_task_queue=f"dq-{uuid.uuid4().hex[:8]}",
         oncall_task_queue=f"oq-{uuid.uuid4().hex[:8]}",
+        exchange_task_queue=f"xq-{uuid.uuid4().hex[:8]}",
         # The health monitor's Schedule is tested on its own (tests/oncall/test_monitor.py).
         monitor_schedule=False,
         # Stub merchants live on loopback: only this explicit allow-list lets deliveries reach them.

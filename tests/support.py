@@ -24,6 +24,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from core.contracts import exchange_workflow_id
 from core.db import connect_pool, migrate
 from core.formats import IDENTIFIER_FORMAT
 from core.settings import Settings
@@ -74,6 +75,7 @@ async def isolated_settings(base: Settings, postgres_admin_url: str, **overrides
             "database_url": await fresh_database(postgres_admin_url),
             "task_queue": f"tq-{uuid.uuid4().hex[:8]}",
             "oncall_task_queue": f"oq-{uuid.uuid4().hex[:8]}",
+            "exchange_task_queue": f"xq-{uuid.uuid4().hex[:8]}",
             **overrides,
         }
     )
@@ -272,6 +274,7 @@ async def time_skipping_stack(
                 yield pool, http, await add_partner(pool, http)
         finally:
             await _end_escalations(env.client, pool)
+            await _end_exchange_workflows(env.client, pool)
 
 
 async def _end_escalations(client: Client, pool: asyncpg.Pool) -> None:
@@ -283,6 +286,16 @@ async def _end_escalations(client: Client, pool: asyncpg.Pool) -> None:
     ):
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(row["workflow_id"]).terminate()
+
+
+async def _end_exchange_workflows(client: Client, pool: asyncpg.Pool) -> None:
+    """Terminate the exchange request workflows a test started, for the same reason: an open
+    request's workflow re-reads it on a timer, and that activity would wait for a gone worker."""
+    for row in await pool.fetch(
+        "SELECT id FROM exchange_requests WHERE status NOT IN ('completed', 'cancelled', 'failed')"
+    ):
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(exchange_workflow_id(row["id"])).terminate()
 
 
 _RECORD_STATUS_CHANGES = """

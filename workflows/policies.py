@@ -18,6 +18,9 @@ __all__ = [
     "DEPENDENCY_GRACE",
     "ESCROW_STEP_RETRY",
     "ESCROW_STEP_TIMEOUT",
+    "EXCHANGE_RESYNC",
+    "EXCHANGE_STEP_RETRY",
+    "EXCHANGE_STEP_TIMEOUT",
     "LEDGER_LOCAL_RETRY_THRESHOLD",
     "LEDGER_RETRY",
     "LEDGER_TIMEOUT",
@@ -79,6 +82,19 @@ DELIVERY_BLOCKED_WAIT = timedelta(seconds=5)
 DELIVERY_BLOCKED_MAX_WAIT = timedelta(minutes=5)
 # A lane continues as new after this many deliveries, keeping its history short.
 DELIVERIES_PER_LANE_RUN = 200
+
+# An exchange request's timers re-check Postgres; like ledger steps they retry until Postgres
+# answers. Notifications and analytics use the same policy at lower priorities.
+EXCHANGE_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=[PermanentEventError.__name__],
+)
+EXCHANGE_STEP_TIMEOUT = timedelta(seconds=15)
+# With no timer due (processing, or pending once alerted), a request's workflow re-reads it this
+# often, in case the api's signal about a change was lost.
+EXCHANGE_RESYNC = timedelta(minutes=10)
 
 # Escrow steps (transitions, debits, returns, settlements) retry until done: each is idempotent
 # under its business key, and Postgres being away must only delay the saga. A refusal that no
