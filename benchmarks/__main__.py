@@ -9,7 +9,8 @@ Order matters: the pipeline is measured first, on an empty inbox, then the live 
 gateway (:mod:`benchmarks.live`, same inbox state), then the outbound
 deliveries (which restart the worker; see :mod:`benchmarks.deliveries`), the alert storm (which
 stops and restarts it; :mod:`benchmarks.oncall`), exchange claims (:mod:`benchmarks.claims`) and
-contended wallet debits (:mod:`benchmarks.debits`); the load-generator check
+contended wallet debits (:mod:`benchmarks.debits`), escrows end to end (which restart the
+worker; :mod:`benchmarks.escrows`); the load-generator check
 touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
 the worker drains, and that backlog is what "worker draining" means for them.
 """
@@ -30,6 +31,7 @@ import uvloop
 from benchmarks.claims import measure_claims
 from benchmarks.debits import measure_debits
 from benchmarks.deliveries import measure_deliveries
+from benchmarks.escrows import measure_escrows
 from benchmarks.fanout import fanout_stores, measure_fanout
 from benchmarks.harness import open_harness, progress
 from benchmarks.ingress import measure_ingress, measure_load_generator
@@ -84,14 +86,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["all", "fanout", "deliveries", "live", "oncall", "claims", "debits"],
+        choices=["all", "fanout", "deliveries", "live", "oncall", "claims", "debits", "escrows"],
         default="all",
         help="`fanout`: only the gateway fan-out benchmark (embedded Postgres and Redis only);"
         " `deliveries`: only the outbound delivery benchmark; `live`: only webhook→WebSocket"
         " client latency through the whole stack and the gateway; `oncall`: only the alert storm"
         " (routing to the on-call sink beside recording alone); `claims`: only exchange claims, 50"
         " claimers per request through the api beside a bare SELECT … FOR UPDATE; `debits`: only"
-        " 200 concurrent debits of one wallet through the ledger beside a bare UPDATE",
+        " 200 concurrent debits of one wallet through the ledger beside a bare UPDATE; `escrows`:"
+        " only escrows funded and released end to end beside a no-op workflow",
     )
     return parser.parse_args(argv)
 
@@ -137,6 +140,9 @@ async def _measure(
     if only == "debits":
         async with open_harness(stack, plan) as h:
             return [await measure_debits(h)], h.phase_cpu
+    if only == "escrows":
+        async with open_harness(stack, plan) as h:
+            return [await measure_escrows(h)], h.phase_cpu
     async with open_harness(stack, plan) as h:
         pipeline = await measure_pipeline(h)
         live = await measure_live(h)
@@ -144,11 +150,13 @@ async def _measure(
         oncall = await measure_oncall(h)
         claims = await measure_claims(h)
         debits = await measure_debits(h)
+        escrows = await measure_escrows(h)
         load_generator = await measure_load_generator(h)
         ingress = await measure_ingress(h)
     with progress("gateway fan-out against python-socketio"):
         fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
-    sections = [ingress, pipeline, live, *deliveries, oncall, claims, debits, load_generator]
+    sections = [ingress, pipeline, live, *deliveries, oncall, claims, debits, escrows]
+    sections.append(load_generator)
     return [*sections, fanout], h.phase_cpu
 
 

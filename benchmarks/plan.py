@@ -21,6 +21,8 @@ CLAIM_RATE = 4.0
 well within the 0.25 s before the next is due."""
 DEBIT_RATE = 0.4
 """Bursts of 200 debits per second: 2.5 s apart, so one burst has drained before the next."""
+ESCROW_RATE = 5.0
+"""Escrows created per second in the steady stream whose create→funded latency is measured."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ class Plan:
     # ``debit_rate``/s.
     debit_bursts: int
     debit_rate: float
+    # Escrows end to end (:mod:`benchmarks.escrows`): a batch at once (completion rate), then a
+    # steady stream at ``escrow_rate``/s (create→funded latency).
+    escrow_batch: int
+    escrow_steady: int
+    escrow_rate: float
 
 
 FULL = Plan(
@@ -100,6 +107,9 @@ FULL = Plan(
     claim_rate=CLAIM_RATE,
     debit_bursts=10,
     debit_rate=DEBIT_RATE,
+    escrow_batch=100,
+    escrow_steady=50,
+    escrow_rate=ESCROW_RATE,
 )
 
 QUICK = Plan(
@@ -132,4 +142,7 @@ QUICK = Plan(
     claim_rate=CLAIM_RATE,
     debit_bursts=3,
     debit_rate=DEBIT_RATE,
+    escrow_batch=20,
+    escrow_steady=10,
+    escrow_rate=ESCROW_RATE,
 )

@@ -3,6 +3,8 @@
 * :meth:`NoopWorkflows.start_ceiling` — how fast ``client.start_workflow`` can start workflows
   on this server: ``count`` starts with the relay's concurrency, on a task queue nobody polls (no
   worker involved). The pipeline cannot start webhook workflows faster than this.
+* :meth:`NoopWorkflows.completion_rate` — how many no-op workflows complete per second when a
+  batch of them is executed at once: the most this server and one worker could finish.
 * :meth:`NoopWorkflows.round_trips` — start-to-result latency of the no-op workflow at a given
   rate, with eager start and a worker in this process: the least a durable step on this Temporal
   server costs, to put the receipt-to-published latency in proportion.
@@ -62,6 +64,23 @@ class NoopWorkflows:
         """A worker for the round trips, running in this process while the context is open."""
         async with Worker(self._client, task_queue=self._task_queue, workflows=[NoopWorkflow]):
             yield
+
+    async def completion_rate(self, count: int, *, grace: float) -> float:
+        """No-op workflows completed per second when ``count`` are executed at once, from their
+        common due time to the last result (eager start, the worker of :meth:`worker`)."""
+        ids = [f"{self._task_queue}-{uuid.uuid4().hex[:12]}" for _ in range(count)]
+
+        async def run(workflow_id: str) -> None:
+            await self._client.execute_workflow(
+                NoopWorkflow.run,
+                id=workflow_id,
+                task_queue=self._task_queue,
+                request_eager_start=True,
+            )
+
+        paced = await pacing.burst_loop([ids], 1.0, run, grace=grace)
+        finished = [o.latency for o in paced.outcomes if o.finished]
+        return len(finished) / max(finished) if finished else 0.0
 
     async def round_trips(self, rate: float, seconds: float, *, grace: float) -> RoundTrips:
         """Run no-op workflows at ``rate``/s for ``seconds``; latency from due time to result."""

@@ -1,0 +1,273 @@
+"""Escrow benchmark (issue 9): escrows funded from two wallets and released to an external account
+on the payout provider, end to end through the api, beside a no-op workflow on the same Temporal
+server.
+
+Each escrow has two source wallets of its own (opened and topped up before the run, through
+:mod:`core.money`, not measured), so what is measured is the saga, not contention on a wallet
+(:mod:`benchmarks.debits` measures that). One escrow's life, as a client sees it:
+``POST /v1/escrows`` (sources 2 x 50, beneficiary an external ``account``) answered ``201``
+``funded`` (or ``202``: then ``GET /v1/escrows/{id}`` until it is funded), then
+``POST /v1/escrows/{id}/release`` answered ``200`` ``released`` (or ``202``: polled likewise).
+The worker is restarted with its payout provider pointed at a :class:`PayoutSink` served by this
+process, and restarted with its usual settings afterwards.
+
+Each repeat measures:
+
+* **Completion rate** — ``plan.escrow_batch`` escrows started at once
+  (:func:`benchmarks.pacing.burst_loop`): escrows funded and released per second, from their
+  common due time to the last release. Baseline: as many no-op workflows executed at once on the
+  same Temporal server (:meth:`NoopWorkflows.completion_rate`, worker in this process).
+* **Create→funded latency** — ``plan.escrow_steady`` escrows due at ``plan.escrow_rate``/s (open
+  loop), each from its due time to the answer saying it is funded. Baseline: the no-op workflow's
+  start-to-result latency at the same rate (:meth:`NoopWorkflows.round_trips`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from benchmarks.harness import Harness, Pairs, progress
+from benchmarks.pacing import Paced, burst_loop, open_loop
+from benchmarks.report import Row, Section, Target
+from benchmarks.stack import HOST, CpuMeter
+from benchmarks.stats import Latency
+from benchmarks.temporal_baseline import NoopWorkflows
+from core import money
+from core.settings import DEV_ADMIN_API_KEY
+from core.tenancy import create_merchant
+from devstack.payout_sink import PayoutSink
+from devstack.ports import free_port
+
+__all__ = ["measure_escrows"]
+
+SOURCES = 2
+AMOUNT = 50
+"""Minor units each source puts in."""
+CURRENCY = "EUR"
+ACTOR = "bench"
+RATE_TARGET = 0.5
+GRACE = 60.0
+"""Seconds after the last due time within which every escrow must have been released."""
+POLL = 0.05
+CONNECTIONS = 128
+WARM_UP = 3
+ADMIN = {"authorization": f"Bearer {DEV_ADMIN_API_KEY}"}
+
+
+@dataclass(frozen=True)
+class Life:
+    """One escrow's life: when it was funded and released (``perf_counter``); ``None`` if it
+    did not get there."""
+
+    funded: float | None
+    released: float | None
+
+
+@dataclass(frozen=True)
+class EscrowRun:
+    """One repeat of either side: completion rate, create→funded latency, and failures."""
+
+    per_second: float
+    latency: Latency
+    not_released: int
+
+
+async def measure_escrows(h: Harness) -> Section:
+    """The escrow benchmark (see the module docstring); one report section."""
+    plan = h.plan
+    merchant = f"bench-escrows-{uuid.uuid4().hex[:6]}"
+    async with h.pool.acquire() as conn:
+        await create_merchant(conn, merchant, name=None, email=None, partner_ids=[], actor=ACTOR)
+    noop = NoopWorkflows(h.temporal)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    with PayoutSink(free_port(HOST)) as sink:
+        try:
+            with progress("restarting the worker with the payout sink"):
+                h.stack.restart_worker({"PAYOUT_BASE_URL": sink.url})
+                h.meter = CpuMeter(h.stack.pids())
+            async with (
+                httpx.AsyncClient(base_url=h.stack.api_url, limits=limits, timeout=GRACE) as http,
+                noop.worker(),
+            ):
+                escrows = _Escrows(h, http, merchant)
+                with progress("warming up"):
+                    await escrows.batch(WARM_UP)
+                    await noop.completion_rate(WARM_UP, grace=GRACE)
+                pairs: Pairs[EscrowRun, EscrowRun] = await h.alternate(
+                    f"escrows, {plan.escrow_batch} at once and {plan.escrow_rate:g}/s",
+                    lambda: _noop_run(h, noop),
+                    escrows.run,
+                )
+        finally:
+            with progress("restarting the worker with its usual settings"):
+                h.stack.restart_worker({})
+            h.meter = CpuMeter(h.stack.pids())
+    return _section(h, pairs, len(sink.transfers()))
+
+
+async def _noop_run(h: Harness, noop: NoopWorkflows) -> EscrowRun:
+    plan = h.plan
+    rate = await noop.completion_rate(plan.escrow_batch, grace=GRACE)
+    trips = await noop.round_trips(
+        plan.escrow_rate, plan.escrow_steady / plan.escrow_rate, grace=GRACE
+    )
+    return EscrowRun(rate, trips.latency, 0)
+
+
+class _Escrows:
+    """Escrows through the api, each funded from two fresh wallets and released."""
+
+    def __init__(self, h: Harness, http: httpx.AsyncClient, merchant: str) -> None:
+        self.h = h
+        self.http = http
+        self.merchant = merchant
+
+    async def run(self) -> EscrowRun:
+        plan = self.h.plan
+        batch = await self.batch(plan.escrow_batch)
+        released = [
+            o.latency for o in batch.outcomes if o.finished and o.value and o.value.released
+        ]
+        steady = await open_loop(
+            await self._bodies(plan.escrow_steady), plan.escrow_rate, self._life, grace=GRACE
+        )
+        funded = [
+            # The outcome's latency runs from the due time to the release (when the call
+            # returned): the funding came that much before it.
+            o.latency - (o.value.released - o.value.funded)
+            for o in steady.outcomes
+            if o.finished and o.value and o.value.funded and o.value.released
+        ]
+        not_released = len(batch.outcomes) - len(released) + _not_released(steady)
+        return EscrowRun(
+            len(released) / max(released) if released else 0.0,
+            Latency.of(funded),
+            not_released,
+        )
+
+    async def batch(self, count: int) -> Paced[Life]:
+        return await burst_loop([await self._bodies(count)], 1.0, self._life, grace=GRACE)
+
+    async def _bodies(self, count: int) -> list[dict[str, Any]]:
+        """``count`` escrow requests, each from two wallets of its own holding just enough."""
+        bodies = []
+        expires = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        async with self.h.pool.acquire() as conn:
+            for _ in range(count):
+                sources = []
+                for _ in range(SOURCES):
+                    wallet = await money.open_wallet(conn, self.merchant, CURRENCY, actor=ACTOR)
+                    await money.top_up(
+                        conn, wallet["id"], AMOUNT, key=f"bench:{uuid.uuid4().hex}", actor=ACTOR
+                    )
+                    sources.append({"wallet_id": wallet["id"], "amount": AMOUNT})
+                bodies.append(
+                    {
+                        "merchant_id": self.merchant,
+                        "currency": CURRENCY,
+                        "sources": sources,
+                        "beneficiary": {"account": f"acct_bench_{uuid.uuid4().hex[:8]}"},
+                        "expires_at": expires,
+                        "reference": f"bench-{uuid.uuid4().hex[:8]}",
+                    }
+                )
+        return bodies
+
+    async def _life(self, body: dict[str, Any]) -> Life:
+        created = await self.http.post("/v1/escrows", json=body, headers=_keyed())
+        if created.status_code not in (201, 202):
+            return Life(None, None)
+        escrow_id = created.json()["id"]
+        funded = await self._reach(created, escrow_id, "funded", ("created", "funding"))
+        if funded is None:
+            return Life(None, None)
+        release = await self.http.post(
+            f"/v1/escrows/{escrow_id}/release", json={}, headers=_keyed()
+        )
+        if release.status_code not in (200, 202):
+            return Life(funded, None)
+        released = await self._reach(release, escrow_id, "released", ("funded", "releasing"))
+        return Life(funded, released)
+
+    async def _reach(
+        self, answer: httpx.Response, escrow_id: str, status: str, pending: tuple[str, ...]
+    ) -> float | None:
+        """When the escrow was seen in ``status``: at once from the answer, or by polling it
+        while it is ``pending`` (after a 202); ``None`` if it ended elsewhere or took too long."""
+        view = answer.json()
+        deadline = time.monotonic() + GRACE
+        while view["status"] in pending and time.monotonic() < deadline:
+            await asyncio.sleep(POLL)
+            view = (await self.http.get(f"/v1/escrows/{escrow_id}", headers=ADMIN)).json()
+        return time.perf_counter() if view["status"] == status else None
+
+
+def _keyed() -> dict[str, str]:
+    return {**ADMIN, "Idempotency-Key": str(uuid.uuid4())}
+
+
+def _not_released(paced: Paced[Life]) -> int:
+    return sum(1 for o in paced.outcomes if not (o.finished and o.value and o.value.released))
+
+
+def _section(h: Harness, pairs: Pairs[EscrowRun, EscrowRun], transfers: int) -> Section:
+    plan = h.plan
+
+    def both(figure: Callable[[EscrowRun], float]) -> tuple[list[float], list[float]]:
+        return [float(figure(r)) for r in pairs.subject], [float(figure(r)) for r in pairs.baseline]
+
+    rows = [
+        Row(
+            f"Completion rate, {plan.escrow_batch} at once (funded and released / s)",
+            "/s",
+            *both(lambda r: r.per_second),
+            Target(">=", RATE_TARGET, on_ratio=True),
+        ),
+        Row(
+            f"Create→funded p50 at {plan.escrow_rate:g}/s (due → answer)",
+            "ms",
+            *both(lambda r: r.latency.p50_ms),
+        ),
+        Row(
+            f"Create→funded p99 at {plan.escrow_rate:g}/s (due → answer)",
+            "ms",
+            *both(lambda r: r.latency.p99_ms),
+        ),
+        Row(
+            "Escrows not released (failed, refused, or not in time)",
+            "",
+            *both(lambda r: r.not_released),
+            Target("<=", 0),
+        ),
+    ]
+    notes = [
+        f"{plan.repeats} runs (medians shown). Each escrow: {SOURCES} sources of {AMOUNT} minor "
+        "units, each a wallet of its own; beneficiary an external account on the payout sink "
+        "(served by the benchmark process; the worker restarted to use it). Create and release "
+        "through the api with the admin key and an Idempotency-Key each; the api waits for the "
+        "outcome (SWITCHBOARD_ESCROW_WAIT_SECONDS, default 10) and a 202 is followed by polling "
+        f"`GET /v1/escrows/{{id}}` every {POLL * 1000:g} ms.",
+        f"Completion rate: {plan.escrow_batch} escrows (create, funded, release, released) "
+        "started at once, divided by the time from their due time to the last release. "
+        f"Baseline: {plan.escrow_batch} no-op workflows executed at once (eager start, a worker "
+        "in the benchmark process) on the same Temporal server.",
+        f"Create→funded: {plan.escrow_steady} escrows due at {plan.escrow_rate:g}/s (open loop), "
+        "from each due time to the answer saying funded. Baseline: the no-op workflow's "
+        "start-to-result latency at the same rate.",
+        f"The payout sink recorded {transfers:,} transfers over the whole benchmark (warm-up "
+        "included).",
+    ]
+    return Section(
+        title="Escrows end to end — two sources each, released to an external account",
+        baseline="a no-op workflow on the same Temporal server, in the same run",
+        rows=rows,
+        notes=notes,
+    )
