@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 
 import asyncpg
+import httpx
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from temporalio.client import (
@@ -38,11 +39,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deliveries import DeliveryActivities
 from activities.email import Mailer
-from activities.exchange import ExchangeActivities
 from activities.escrow import EscrowActivities
+from activities.exchange import ExchangeActivities
 from activities.ledger import LedgerActivities
 from activities.monitor import HealthActivities
 from activities.notify import NotifyActivities, PagerDuty, Slack
+from activities.payouts import PayoutActivities
 from activities.publish import PublishActivities
 from core.alert_policy import RoutingPolicy, load_policy
 from core.db import connect_pool
@@ -56,8 +58,8 @@ from relays.exchange import ExchangeRelay
 from relays.inbox import InboxRelay
 from workflows.delivery import DeliveryLaneWorkflow
 from workflows.escalation import EscalationWorkflow
-from workflows.exchange import ExchangeRequestWorkflow
 from workflows.escrow import EscrowWorkflow
+from workflows.exchange import ExchangeRequestWorkflow
 from workflows.monitor import HealthMonitorWorkflow
 from workflows.webhook import WebhookWorkflow
 
@@ -89,12 +91,16 @@ def build_worker(
     settings: Settings,
     pool: asyncpg.Pool,
     redis: Redis,
+    stack: AsyncExitStack,
 ) -> Worker:
     """The Temporal worker for money (webhook and escrow workflows), with every activity's
-    clients injected."""
+    clients injected; its HTTP client (the payout provider's) closes with ``stack``."""
     ledger = LedgerActivities(pool)
     publish = PublishActivities(pool, redis)
     escrows = EscrowActivities(pool)
+    payout_http = httpx.AsyncClient(timeout=settings.payout_timeout_seconds)
+    stack.push_async_callback(payout_http.aclose)
+    payouts = PayoutActivities(payout_http, pool, settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -110,6 +116,7 @@ def build_worker(
             escrows.release_escrow,
             escrows.refund_escrow,
             escrows.escrow_alert,
+            payouts.transfer,
         ],
         max_concurrent_workflow_tasks=settings.relay_max_in_flight,
         max_concurrent_local_activities=settings.relay_max_in_flight,
@@ -228,7 +235,7 @@ async def running_workers(
     """
     policy = load_policy(settings.alerting_policy)
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(build_worker(client, settings, pool, redis))
+        await stack.enter_async_context(build_worker(client, settings, pool, redis, stack))
         await stack.enter_async_context(build_delivery_worker(client, settings, pool, stack))
         await stack.enter_async_context(build_oncall_worker(client, settings, pool, policy, stack))
         await stack.enter_async_context(build_exchange_worker(client, settings, pool))

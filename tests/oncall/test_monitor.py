@@ -84,7 +84,7 @@ async def test_a_real_backlog_raises_alerts_that_resolve_when_it_drains(
             return expected <= await open_kinds(pool)
 
         await wait_for(raised, timeout=45, interval=0.5, what=f"{expected} to be raised")
-        await stack.enter_async_context(build_worker(temporal_client, isolated, pool, redis))
+        await stack.enter_async_context(build_worker(temporal_client, isolated, pool, redis, stack))
 
         async def drained() -> bool:
             done = await pool.fetchval(
