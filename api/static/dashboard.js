@@ -1,6 +1,7 @@
 // Switchboard live dashboard: a merchant's events over the gateway WebSocket, gapless across
-// reconnects (resume by seq), plus an operator view: the On-call panel (alert groups, their
-// timelines, acknowledge / resolve / silence), dead letters and backlog.
+// reconnects (resume by seq), its escrows moved live by their events, plus an operator view: the
+// On-call panel (alert groups, their timelines, acknowledge / resolve / silence), dead letters
+// and backlog.
 // Plain ES module, no build step. Protocol: gateway/protocol.py.
 
 const config = JSON.parse(document.getElementById("sb-config").textContent);
@@ -138,6 +139,7 @@ function accept(event, live) {
     else if (event.type === "refund.succeeded" && t) t.refunded += data.amount || 0;
     else if (event.type === "balance.updated" && data.currency) state.balances.set(balanceKey(data), data);
   }
+  if (event.type.startsWith("escrow.")) escrowEvent(event, live);
   state.received += 1;
   state.ring.push(event);
   if (state.ring.length > RING_SIZE) state.ring.splice(0, state.ring.length - RING_SIZE);
@@ -219,6 +221,115 @@ async function loadSnapshot() {
   state.syncs += 1;
   renderKpis();
   $("empty").hidden = snapshot.events.length > 0;
+  await loadEscrows();  // after head_seq: whatever commits later arrives on the feed
+}
+
+// -- escrows view --------------------------------------------------------------------------
+// The merchant's newest escrows, read through the api after each snapshot, then moved by their
+// escrow.* events. Every transition is known by its event id ("{escrow}:{version}"), so one read
+// from the api, from sync or from the feed is applied once, in whichever order they arrive.
+
+const ESCROWS_SHOWN = 20;
+const escrows = {
+  byId: new Map(),     // escrow id -> {id, amount, currency, reference, status, createdAt, sources, beneficiary, steps}
+  details: new Set(),  // escrow ids whose sources and beneficiary were asked for
+  queued: false,
+};
+Object.assign(window.switchboard, {
+  escrows: () => shownEscrows().map((e) => ({ id: e.id, status: e.status, transitions: steps(e).map((t) => t.to) })),
+});
+
+const version = (eventId) => Number(String(eventId).split(":").pop());
+const steps = (e) => [...e.steps.values()].sort((a, b) => a.version - b.version);
+
+function escrowEntry(id, fields) {
+  let e = escrows.byId.get(id);
+  if (!e) escrows.byId.set(id, (e = { id, sources: null, beneficiary: null, steps: new Map(), createdAt: "" }));
+  Object.assign(e, fields);
+  return e;
+}
+
+function addStep(e, step) {
+  if (e.steps.has(step.eventId)) return false;
+  e.steps.set(step.eventId, step);
+  const last = steps(e).at(-1);
+  e.status = last.to;
+  if (step.to === "created") e.createdAt = step.at;
+  return true;
+}
+
+function mergeEscrow(detail) {
+  const e = escrowEntry(detail.id, {
+    amount: detail.amount, currency: detail.currency, reference: detail.reference,
+    sources: detail.sources, beneficiary: detail.beneficiary, createdAt: detail.created_at,
+  });
+  for (const t of detail.transitions) {
+    if (t.event_id) addStep(e, { eventId: t.event_id, version: version(t.event_id), from: t.from_status, to: t.to_status, actor: t.actor, reason: t.reason, at: t.at });
+  }
+  if (!e.status) e.status = detail.status;
+  escrows.details.add(detail.id);
+}
+
+function escrowEvent(event, live) {
+  const data = event.data || {};
+  const e = escrowEntry(data.escrow_id, { amount: data.amount, currency: data.currency, reference: data.reference });
+  const added = addStep(e, { eventId: event.event_id, version: version(event.event_id), from: data.from_status, to: data.status, actor: data.actor, reason: data.reason, at: event.occurred_at });
+  if (added && live) $("escrow-live").textContent = `Escrow ${data.reference} (${data.escrow_id}) is ${data.status}.`;
+  paintEscrowsSoon();
+}
+
+async function loadEscrows() {
+  try {
+    const { escrows: list } = await api(`/v1/escrows?merchant_id=${encodeURIComponent(state.merchant)}&limit=${ESCROWS_SHOWN}`);
+    await Promise.all(list.map((summary) => escrowDetails(summary.id)));
+    $("escrow-error").textContent = "";
+  } catch (error) {
+    $("escrow-error").textContent = `· not loaded: ${error.message}`;
+  }
+  paintEscrowsSoon();
+}
+
+async function escrowDetails(id) {
+  // Sources and beneficiary never change: read once per escrow (then its events move it).
+  escrows.details.add(id);
+  try { mergeEscrow(await api(`/v1/escrows/${encodeURIComponent(id)}`)); }
+  catch (error) { escrows.details.delete(id); throw error; }
+  paintEscrowsSoon();
+}
+
+function shownEscrows() {
+  return [...escrows.byId.values()].sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.id.localeCompare(a.id))
+    .slice(0, ESCROWS_SHOWN);
+}
+
+function paintEscrowsSoon() {
+  // At most one repaint per frame, as for the transactions table.
+  if (escrows.queued) return;
+  escrows.queued = true;
+  requestAnimationFrame(paintEscrows);
+}
+
+function paintEscrows() {
+  escrows.queued = false;
+  const shown = shownEscrows();
+  for (const e of shown) if (!escrows.details.has(e.id)) escrowDetails(e.id).catch(() => {});
+  $("escrows").replaceChildren(...shown.map(escrowRow));
+  $("escrows-empty").hidden = shown.length > 0;
+  $("escrow-count").textContent = shown.length ? `· ${shown.length} shown` : "";
+}
+
+function escrowRow(e) {
+  const beneficiary = e.beneficiary ? (e.beneficiary.wallet_id ? `wallet ${e.beneficiary.wallet_id}` : `account ${e.beneficiary.account}`) : "…";
+  return el("tr", { "data-escrow": e.id, "data-status": e.status },
+    el("td", { class: "ref", title: e.id }, el("div", {}, e.reference), el("code", {}, e.id)),
+    el("td", { class: "num" }, money(e.amount, e.currency)),
+    el("td", {}, e.sources
+      ? el("ul", { class: "plain" }, ...e.sources.map((s) => el("li", { "data-wallet": s.wallet_id }, `${s.wallet_id} · ${money(s.amount, e.currency)}`)))
+      : "…"),
+    el("td", { class: "ref" }, beneficiary),
+    el("td", {}, el("span", { class: `badge escrow-${e.status}`, "data-role": "status" }, e.status)),
+    el("td", {}, el("ol", { class: "transitions" }, ...steps(e).map((t) => el("li", {
+      "data-to": t.to, title: `${t.actor}${t.reason ? ` · ${t.reason}` : ""} · ${new Date(t.at).toLocaleString()}` }, t.to)))));
 }
 
 async function startMerchant() {
@@ -527,10 +638,14 @@ async function refreshSilences() {
   $("silences-empty").hidden = silences.length > 0;
 }
 
+const VIEWS = ["merchant", "escrows", "operator"];
+
 function show(view) {
-  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === view);
-  $("merchant-view").hidden = view !== "merchant";
-  $("operator-view").hidden = view !== "operator";
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.classList.toggle("active", tab.dataset.view === view);
+    tab.setAttribute("aria-selected", String(tab.dataset.view === view));
+  }
+  for (const name of VIEWS) $(`${name}-view`).hidden = view !== name;
   clearInterval(operatorTimer);
   if (view === "operator") { refreshOperator(); operatorTimer = setInterval(refreshOperator, 5000); }
 }
@@ -541,7 +656,7 @@ function signOut(message) {
   state.stopped = true;
   setConn("error", "signed out");
   $("signin").hidden = false;
-  $("merchant-view").hidden = $("operator-view").hidden = true;
+  for (const name of VIEWS) $(`${name}-view`).hidden = true;
   $("signin-error").textContent = message || "";
 }
 
@@ -559,7 +674,7 @@ async function signIn(event) {
   sessionStorage.setItem("sb.merchant", state.merchant);
   $("signin").hidden = true;
   const view = new URLSearchParams(location.search).get("view");
-  show(view === "operations" || view === "operator" ? "operator" : "merchant");
+  show(view === "operations" || view === "operator" ? "operator" : view === "escrows" ? "escrows" : "merchant");
   api("/v1/merchants?limit=200").then((merchants) =>
     $("merchant-list").replaceChildren(...merchants.map((m) => el("option", { value: m.id }))), () => {});
 }
