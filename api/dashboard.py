@@ -1,7 +1,9 @@
 """The live dashboard's api side: dashboard tokens, the sync endpoint and the page itself.
 
-* ``POST /v1/merchants/{id}/dashboard-tokens`` (API key with ``read``) issues a short-lived token
-  for the gateway (``core.dashboard_tokens``).
+* ``POST /v1/merchants/{id}/dashboard-tokens``, ``/v1/exchange-desk/dashboard-tokens`` and
+  ``/v1/exchange-requests/{id}/dashboard-tokens`` (API key with ``read``) issue a short-lived
+  token for the gateway (``core.dashboard_tokens``) scoped to one topic: a merchant's feed, the
+  operators' exchange desk, or one exchange request (its customer's view).
 * ``GET /v1/merchants/{id}/sync`` answers a merchant's current state (payment, refund and
   balance totals) and its events, as one consistent snapshot at ``head_seq``, from the read
   replica when one is set (saying how fresh it is); it accepts an API key with ``read`` or a
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -27,10 +29,11 @@ from api.auth import require
 from api.deps import OPERATOR_PROBLEMS, Config, Reads, single_valued_query
 from api.problems import problems
 from api.schemas import FreshRead
-from core.dashboard_tokens import issue_dashboard_token, verify_dashboard_token
+from core.dashboard_tokens import issue_topic_token, verify_dashboard_token
 from core.errors import InvalidDashboardToken, OperatorError
+from core.feeds import Topic
 from core.merchant_events import events_after
-from core.settings import DEV_ADMIN_API_KEY
+from core.settings import DEV_ADMIN_API_KEY, Settings
 
 __all__ = ["STATIC_DIR", "router"]
 
@@ -48,7 +51,8 @@ router = APIRouter(
 
 class DashboardToken(BaseModel):
     token: str
-    merchant_id: str
+    topic: str = Field(description="The one feed it opens: merchant:<id>, desk or request:<id>.")
+    merchant_id: str | None = Field(description="The merchant, for a merchant's feed; else null.")
     expires_at: datetime
     gateway_url: str
 
@@ -103,15 +107,52 @@ async def create_dashboard_token(
     pool: asyncpg.Pool = request.app.state.pool
     if not await pool.fetchval("SELECT 1 FROM merchants WHERE id = $1", merchant_id):
         raise OperatorError(404, f"no merchant {merchant_id!r}")
-    token, grant = issue_dashboard_token(
+    return _token(settings, Topic.merchant(merchant_id))
+
+
+@router.post(
+    "/v1/exchange-desk/dashboard-tokens",
+    dependencies=[Depends(require("read"))],
+    response_model=DashboardToken,
+    status_code=201,
+)
+async def create_desk_token(settings: Config) -> DashboardToken:
+    """A token that lets one browser follow the operators' exchange desk live: every
+    transition of every exchange request, with who made it and why."""
+    return _token(settings, Topic.desk())
+
+
+@router.post(
+    "/v1/exchange-requests/{request_id}/dashboard-tokens",
+    dependencies=[Depends(require("read"))],
+    response_model=DashboardToken,
+    status_code=201,
+    responses=problems(404, why={404: "No such exchange request."}),
+)
+async def create_request_token(
+    request_id: Annotated[str, PathParam(pattern=r"^exr_[0-9a-f]{32}$")],
+    request: Request,
+    settings: Config,
+) -> DashboardToken:
+    """A token for one exchange request's live feed, its customer's view: each transition's
+    status and amounts, never the operator working it."""
+    pool: asyncpg.Pool = request.app.state.pool
+    if not await pool.fetchval("SELECT 1 FROM exchange_requests WHERE id = $1", request_id):
+        raise OperatorError(404, f"no exchange request {request_id!r}")
+    return _token(settings, Topic.request(request_id))
+
+
+def _token(settings: Settings, topic: Topic) -> DashboardToken:
+    token, grant = issue_topic_token(
         settings.dashboard_token_secret.get_secret_value(),
-        merchant_id,
+        topic,
         ttl_seconds=settings.dashboard_token_ttl_seconds,
         now=time.time(),
     )
     return DashboardToken(
         token=token,
-        merchant_id=merchant_id,
+        topic=topic.key,
+        merchant_id=grant.merchant_id,
         expires_at=datetime.fromtimestamp(grant.expires_at, UTC),
         gateway_url=f"{settings.gateway_public_url}/ws",
     )

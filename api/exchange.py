@@ -28,7 +28,7 @@ from api.idempotency import IDEMPOTENCY_PROBLEMS, IDEMPOTENCY_WHY, IdempotencyKe
 from api.problems import problem, problems
 from api.ratelimit import RateLimiter
 from api.schemas import MinorUnits
-from core import exchange
+from core import exchange, feeds
 from core.contracts import ExchangeStatus
 from core.db import Connection
 from core.errors import ExchangeConflict, RateLimited
@@ -194,6 +194,8 @@ async def create_exchange_request(
         )
         if row is not None:
             _workflows(request).created(row)
+        if response.headers.get("Idempotent-Replayed") != "true":
+            await _publish(request, exchange.transition_event_ids(created, created=True))
     return response
 
 
@@ -339,6 +341,11 @@ def _actor(operator: Operator) -> exchange.Actor:
     return exchange.Actor(operator.actor, admin="admin" in operator.scopes)
 
 
+async def _publish(request: Request, event_ids: list[str]) -> None:
+    """Send a committed transition's feed events to the gateway's watchers (desk, request)."""
+    await feeds.publish_events(request.app.state.pool, request.app.state.redis, event_ids)
+
+
 def _workflows(request: Request) -> ExchangeWorkflows:
     workflows: ExchangeWorkflows = request.app.state.exchange_workflows
     return workflows
@@ -352,6 +359,7 @@ async def _answer(
     try:
         row = await change
         _workflows(request).changed(row)
+        await _publish(request, exchange.transition_event_ids(row))
         return ExchangeRequestOut(**dict(row))
     except ExchangeConflict as error:
         return problem(

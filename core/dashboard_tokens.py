@@ -1,8 +1,12 @@
-"""Dashboard tokens: short-lived HS256 JWTs that let one browser watch one merchant's live feed.
+"""Dashboard tokens: short-lived HS256 JWTs that let one browser watch one live feed (a topic).
 
-The api issues them (``POST /v1/merchants/{id}/dashboard-tokens``) to holders of an operator key
-with the ``read`` scope; the gateway and the api's sync endpoint verify them. A token names
-exactly one merchant (``sub``), the gateway audience and an expiry; nothing else grants access.
+The api issues them to holders of an operator key with the ``read`` scope (``POST
+/v1/merchants/{id}/dashboard-tokens``, ``/v1/exchange-desk/dashboard-tokens``,
+``/v1/exchange-requests/{id}/dashboard-tokens``); the gateway and the api's sync endpoint verify
+them. A token names exactly one :class:`core.feeds.Topic`, the gateway audience and an expiry;
+nothing else grants access. A merchant's token is what it always was (``sub`` the merchant,
+scope ``dashboard:read``); any other topic's has scope ``feed:read`` and ``sub`` the topic's
+key, which a verifier that knows only merchants refuses instead of reading as a merchant id.
 The clock is injected so expiry needs no time tricks in tests.
 """
 
@@ -14,11 +18,23 @@ from dataclasses import dataclass
 import jwt
 
 from core.errors import InvalidDashboardToken
+from core.feeds import Topic, TopicKind
 
-__all__ = ["AUDIENCE", "SCOPE", "DashboardGrant", "issue_dashboard_token", "verify_dashboard_token"]
+__all__ = [
+    "AUDIENCE",
+    "SCOPE",
+    "TOPIC_SCOPE",
+    "DashboardGrant",
+    "issue_dashboard_token",
+    "issue_topic_token",
+    "verify_dashboard_token",
+]
 
 AUDIENCE = "switchboard-gateway"
 SCOPE = "dashboard:read"
+"""A merchant topic's scope (``sub`` is the merchant id)."""
+TOPIC_SCOPE = "feed:read"
+"""Any other topic's scope (``sub`` is the topic's key)."""
 ALGORITHM = "HS256"
 # Longer than any real token: HS256 over a few claims is ~250 bytes.
 MAX_TOKEN_CHARS = 2048
@@ -26,22 +42,35 @@ MAX_TOKEN_CHARS = 2048
 
 @dataclass(frozen=True)
 class DashboardGrant:
-    """What a valid token allows: reading ``merchant_id``'s events until ``expires_at``."""
+    """What a valid token allows: reading ``topic``'s events until ``expires_at``."""
 
-    merchant_id: str
+    topic: Topic
     expires_at: float
     token_id: str
+
+    @property
+    def merchant_id(self) -> str | None:
+        """The merchant whose feed this is; None for any other topic."""
+        return self.topic.id if self.topic.kind is TopicKind.MERCHANT else None
 
 
 def issue_dashboard_token(
     secret: str, merchant_id: str, *, ttl_seconds: float, now: float
 ) -> tuple[str, DashboardGrant]:
-    """A signed token for ``merchant_id`` valid for ``ttl_seconds`` from ``now``."""
-    grant = DashboardGrant(merchant_id, now + ttl_seconds, uuid.uuid4().hex)
+    """A signed token for ``merchant_id``'s feed valid for ``ttl_seconds`` from ``now``."""
+    return issue_topic_token(secret, Topic.merchant(merchant_id), ttl_seconds=ttl_seconds, now=now)
+
+
+def issue_topic_token(
+    secret: str, topic: Topic, *, ttl_seconds: float, now: float
+) -> tuple[str, DashboardGrant]:
+    """A signed token for ``topic`` valid for ``ttl_seconds`` from ``now``."""
+    grant = DashboardGrant(topic, now + ttl_seconds, uuid.uuid4().hex)
+    merchant = topic.kind is TopicKind.MERCHANT
     claims = {
-        "sub": merchant_id,
+        "sub": topic.id if merchant else topic.key,
         "aud": AUDIENCE,
-        "scope": SCOPE,
+        "scope": SCOPE if merchant else TOPIC_SCOPE,
         "iat": int(now),
         "exp": int(grant.expires_at),
         "jti": grant.token_id,
@@ -71,11 +100,21 @@ def verify_dashboard_token(secret: str, token: object, *, now: float) -> Dashboa
         raise InvalidDashboardToken("bad token signature") from error
     except jwt.PyJWTError as error:
         raise InvalidDashboardToken(f"malformed token: {error}") from error
-    merchant_id, expires_at = claims.get("sub"), claims.get("exp")
-    if not isinstance(merchant_id, str) or not merchant_id:
-        raise InvalidDashboardToken("token names no merchant")
-    if claims.get("scope") != SCOPE:
+    subject, scope, expires_at = claims.get("sub"), claims.get("scope"), claims.get("exp")
+    if not isinstance(subject, str) or not subject:
+        raise InvalidDashboardToken("token names no feed")
+    if scope == SCOPE:
+        topic = Topic.merchant(subject)
+    elif scope == TOPIC_SCOPE:
+        try:
+            topic = Topic.parse(subject)
+        except ValueError as error:
+            raise InvalidDashboardToken("token names no feed") from error
+        if topic.kind is TopicKind.MERCHANT:
+            # One way to name a merchant's feed: its own scope.
+            raise InvalidDashboardToken("token names no feed")
+    else:
         raise InvalidDashboardToken("token lacks the dashboard scope")
     if not isinstance(expires_at, int) or expires_at <= now:
         raise InvalidDashboardToken("token expired")
-    return DashboardGrant(merchant_id, float(expires_at), str(claims.get("jti", "")))
+    return DashboardGrant(topic, float(expires_at), str(claims.get("jti", "")))

@@ -3,7 +3,8 @@
 An exchange request (an operator-handled request, e.g. fiat-crypto) moves as
 :data:`core.contracts.EXCHANGE_TRANSITIONS` draws it, and migration 0006's trigger refuses
 anything else. Each change reads the row ``FOR UPDATE``, checks its precondition against what it
-read, writes, and appends the transition to the audit log before committing. So of any number of
+read, writes, and appends the transition to the audit log and to two live feeds (the desk's and
+the request's own, :mod:`core.feeds`) before committing. So of any number of
 simultaneous claims exactly one finds the request ``pending``: the others wait on the row lock,
 then read it ``assigned`` and are refused with the winner's name (:class:`ExchangeConflict`).
 No distributed lock and no retry: the row lock is the queue.
@@ -17,11 +18,14 @@ to another operator (the status is kept).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
+from core import feeds
 from core.audit import audit
 from core.contracts import EXCHANGE_TRANSITIONS, ExchangeStatus
 from core.db import Connection
@@ -41,6 +45,7 @@ __all__ = [
     "release",
     "show",
     "timeline",
+    "transition_event_ids",
 ]
 
 ENTITY = EXCHANGE_TRANSITIONS.entity
@@ -102,8 +107,13 @@ async def create(
             )
         except asyncpg.ForeignKeyViolationError:
             raise OperatorError(404, f"no merchant {merchant_id!r}") from None
-        await audit(
-            conn, ENTITY, request_id, None, EXCHANGE_TRANSITIONS.initial, actor=actor, reason=None
+        await _record(
+            conn,
+            await show(conn, request_id),
+            None,
+            EXCHANGE_TRANSITIONS.initial,
+            actor=actor,
+            reason=None,
         )
         return await _move(
             conn,
@@ -287,8 +297,60 @@ async def _move(
         assignee,
     )
     assert row is not None
-    await audit(conn, ENTITY, request_id, old, new, actor=actor, reason=reason)
+    await _record(conn, row, old, new, actor=actor, reason=reason)
     return row
+
+
+CUSTOMER_FIELDS = (
+    "id",
+    "merchant_id",
+    "customer_id",
+    "from_amount",
+    "from_currency",
+    "to_currency",
+    "quote",
+    "status",
+    "created_at",
+    "updated_at",
+    "version",
+)
+"""What a request's own feed (its customer's view) shows: nothing about who works it."""
+DESK_FIELDS = (*CUSTOMER_FIELDS, "assignee", "created_by")
+"""What the operators' desk feed shows of a request."""
+
+
+def transition_event_ids(
+    row: Mapping[str, Any] | asyncpg.Record, *, created: bool = False
+) -> list[str]:
+    """The feed events (desk and request topics) of the transition that left ``row`` as it is;
+    with ``created``, of every transition so far (a new request's two). Publish them after the
+    commit with :func:`core.feeds.publish_events`."""
+    first = 1 if created else row["version"]
+    return [f"{row['id']}.v{version}" for version in range(first, row["version"] + 1)]
+
+
+async def _record(
+    conn: Connection,
+    row: asyncpg.Record,
+    old: str | None,
+    new: str,
+    *,
+    actor: str,
+    reason: str | None,
+) -> None:
+    """Audit a transition and append it to the desk's feed and the request's own, in the
+    caller's transaction (so a watcher sees exactly the committed transitions, in order)."""
+    await audit(conn, ENTITY, row["id"], old, new, actor=actor, reason=reason)
+    event_id, type_ = f"{row['id']}.v{row['version']}", f"exchange_request.{new}"
+    request = {f: _json_value(row[f]) for f in DESK_FIELDS}
+    desk = {"request": request, "from": old, "to": new, "actor": actor, "reason": reason}
+    customer = {"request": {f: request[f] for f in CUSTOMER_FIELDS}, "from": old, "to": new}
+    await feeds.append(conn, feeds.Topic.desk(), type_, desk, event_id=event_id)
+    await feeds.append(conn, feeds.Topic.request(row["id"]), type_, customer, event_id=event_id)
+
+
+def _json_value(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def _require_assignee(row: asyncpg.Record, actor: Actor, what: str) -> None:

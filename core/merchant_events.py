@@ -10,7 +10,7 @@ merchant row's lock, so seq *n* existing means every seq below *n* is committed.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from core.db import Connection
 
 __all__ = [
     "append_merchant_event",
+    "derive_seq_prefix",
     "encode_merchant_event",
     "events_after",
     "head_seq",
@@ -67,27 +68,36 @@ def encode_merchant_event(row: Mapping[str, Any] | asyncpg.Record) -> str:
 
 def seq_prefix(merchant_id: str) -> bytes:
     """How every event of ``merchant_id`` that :func:`encode_merchant_event` encodes begins, up
-    to its ``seq`` digits (``{"merchant_id":"m_1","seq":``), derived from the encoder itself.
+    to its ``seq`` digits (``{"merchant_id":"m_1","seq":``); see :func:`derive_seq_prefix`."""
+    return derive_seq_prefix(encode_merchant_event, "merchant_id", merchant_id)
+
+
+def derive_seq_prefix(
+    encode: Callable[[Mapping[str, Any]], str], name_key: str, name: str
+) -> bytes:
+    """How every event ``encode`` makes for the feed ``name`` begins, up to its ``seq`` digits,
+    derived from the encoder itself (every feed's events share this module's shape, named by
+    their first field ``name_key``: ``merchant_id`` here, ``topic`` in :mod:`core.feeds`).
 
     The gateway reads ``seq`` right after this prefix, up to the next ``,``, without parsing the
-    JSON; a payload starting with it is this merchant's. ValueError if the encoder no longer
-    puts the merchant and then ``seq`` first (the fast path would then be wrong, not slow).
+    JSON; a payload starting with it is this feed's. ValueError if the encoder no longer puts
+    ``name_key`` and then ``seq`` first (the fast path would then be wrong, not slow).
     """
     sample: dict[str, Any] = {
-        "merchant_id": merchant_id,
+        name_key: name,
         "event_id": "",
         "type": "",
         "data": {},
         "created_at": datetime(2000, 1, 1, tzinfo=UTC),
     }
-    first = encode_merchant_event({**sample, "seq": 1}).encode()
-    second = encode_merchant_event({**sample, "seq": 2}).encode()
+    first = encode({**sample, "seq": 1}).encode()
+    second = encode({**sample, "seq": 2}).encode()
     # Two encodings that differ only in seq (1 and 2) agree up to its digit.
     digit = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
     prefix = first[:digit]
-    named = json.dumps({"merchant_id": merchant_id}, separators=(",", ":")).encode()[:-1]
+    named = json.dumps({name_key: name}, separators=(",", ":")).encode()[:-1]
     if not prefix.startswith(named) or not first[len(prefix) :].startswith(b"1,"):
-        raise ValueError("encode_merchant_event no longer starts with merchant_id, then seq")
+        raise ValueError(f"the encoder no longer starts with {name_key}, then seq")
     return prefix
 
 

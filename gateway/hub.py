@@ -1,11 +1,14 @@
-"""Per-merchant feeds: one shared Redis subscription each, in-order fan-out, gap fills, resume.
+"""Topic feeds: one shared Redis subscription each, in-order fan-out, gap fills, resume.
 
-A :class:`MerchantFeed` exists while at least one client of that merchant is connected to this
-instance. It owns the merchant's channel subscription and ``head``: the highest seq it has
-fanned out, with every seq up to it fanned out exactly once and in order. Redis pub/sub is
-at-most-once and workflows publish out of seq order, so the feed holds back an event that
-arrives early, gives the missing ones ``gap_grace`` seconds to arrive on Redis, then reads them
-from Postgres. That always works because seq *n* is only committed after every seq below it.
+A :class:`Feed` exists while at least one client of its topic (:class:`core.feeds.Topic`: a
+merchant, the exchange desk, one exchange request) is connected to this instance. Every kind is
+served the same way, through the topic's :class:`core.feeds.FeedSource` (channel, seq prefix,
+encoding, replay from Postgres); the hub never asks which kind it holds. A feed owns its
+topic's channel subscription and ``head``: the highest seq it has fanned out, with every seq
+up to it fanned out exactly once and in order. Redis pub/sub is at-most-once and publishers
+publish out of seq order, so the feed holds back an event that arrives early, gives the missing
+ones ``gap_grace`` seconds to arrive on Redis, then reads them from Postgres. That always works
+because seq *n* is only committed after every seq below it.
 
 A client joins by replaying from Postgres what it missed, up to the feed's ``head``, and is added
 to the live set with no await between the last check of ``head`` and the add: every event the
@@ -16,10 +19,11 @@ instead of once per connection (no per-client await either). A client whose unse
 ``client_buffer_bytes`` is dropped with 3008 instead of slowing the others.
 
 Per event the hot path reads only ``seq`` (after the payload's fixed prefix, which
-:func:`core.merchant_events.seq_prefix` derives from the encoder, without parsing the JSON),
+:meth:`core.feeds.FeedSource.seq_prefix` derives from the encoder, without parsing the JSON),
 writes one pre-built frame per connection and counts; the lag histogram takes one event in
-``LAG_SAMPLE_EVERY``. The prefix names the merchant too, so a payload that has it is this
-merchant's; one that does not is parsed, and dropped (and counted) if it names another merchant.
+``LAG_SAMPLE_EVERY``. The prefix names the topic too (``{"merchant_id":…`` or ``{"topic":…``),
+so a payload that has it is this topic's; one that does not is parsed, and dropped (and
+counted) if it names another.
 
 Bounds (all close with 3010, after which clients reconnect and resume by seq): a feed holds back
 at most ``max_pending_events`` / ``max_pending_bytes`` behind a gap and waits at most
@@ -44,15 +48,8 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN
 
-from core.contracts import merchant_channel
 from core.db import DATABASE_UNREACHABLE
-from core.merchant_events import (
-    encode_merchant_event,
-    events_after,
-    head_seq,
-    heads_and_events_after,
-    seq_prefix,
-)
+from core.feeds import FeedSource, Topic
 from gateway.metrics import (
     DELIVERIES,
     DISCONNECTS,
@@ -67,21 +64,21 @@ from gateway.metrics import (
 from gateway.protocol import CloseCode, control_message
 from gateway.redis_feed import RedisSubscriber
 
-__all__ = ["Hub", "MerchantFeed", "MerchantFull", "ReplayTooLong", "ResumeFailed", "fan_out"]
+__all__ = ["Feed", "Hub", "ReplayTooLong", "ResumeFailed", "TopicFull", "fan_out"]
 
 log = logging.getLogger(__name__)
 
 EVENTS_FROM_REDIS = EVENTS_IN.labels("redis")
 EVENTS_FROM_POSTGRES = EVENTS_IN.labels("postgres")
 DROPPED_UNREADABLE = EVENTS_DROPPED.labels("unreadable")
-DROPPED_OTHER_MERCHANT = EVENTS_DROPPED.labels("other_merchant")
+DROPPED_OTHER_TOPIC = EVENTS_DROPPED.labels("other_topic")
 REPLAY_PAGE = 500
 SLOW_CLOSE_SECONDS = 2.0
 """A dropped slow client gets this long to read its close frame before the socket is reset."""
 
 
-class MerchantFull(Exception):
-    """This instance already has the most connections allowed for the merchant."""
+class TopicFull(Exception):
+    """This instance already has the most connections allowed for the topic."""
 
 
 class ResumeFailed(Exception):
@@ -92,12 +89,12 @@ class ReplayTooLong(ResumeFailed):
     """The client missed more events than a resume replays: it should reload with sync."""
 
 
-class OtherMerchant(ValueError):
-    """A payload on a merchant's channel that names another merchant."""
+class OtherTopic(ValueError):
+    """A payload on a topic's channel that names another topic."""
 
 
-class MerchantFeed:
-    """One merchant's subscription, ordering state and live connections on this instance."""
+class Feed:
+    """One topic's subscription, ordering state and live connections on this instance."""
 
     __slots__ = (
         "channel",
@@ -105,20 +102,27 @@ class MerchantFeed:
         "head",
         "live",
         "members",
-        "merchant_id",
+        "name",
+        "name_key",
         "pending",
         "pending_bytes",
         "prefix",
         "ready",
+        "source",
         "stalled_since",
         "started",
+        "topic",
     )
 
-    def __init__(self, merchant_id: str) -> None:
-        self.merchant_id = merchant_id
-        self.channel = merchant_channel(merchant_id)
-        self.prefix = seq_prefix(merchant_id)
-        """How :func:`core.merchant_events.encode_merchant_event` starts this merchant's events."""
+    def __init__(self, topic: Topic) -> None:
+        self.topic = topic
+        self.source: FeedSource = topic.source
+        self.channel = self.source.channel(topic)
+        self.name_key = self.source.name_key
+        self.name = self.source.name(topic)
+        """What this topic's events carry under ``name_key`` (a merchant id, a topic key)."""
+        self.prefix = self.source.seq_prefix(topic)
+        """How the source's encoder starts this topic's events."""
         self.head = 0
         self.ready = False
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -134,7 +138,7 @@ class MerchantFeed:
 
 
 class Hub:
-    """Every merchant feed of this instance; see the module docstring for the guarantees."""
+    """Every topic feed of this instance; see the module docstring for the guarantees."""
 
     def __init__(
         self,
@@ -142,7 +146,7 @@ class Hub:
         *,
         client_buffer_bytes: int,
         gap_grace_seconds: float,
-        max_connections_per_merchant: int,
+        max_connections_per_topic: int,
         max_gap_seconds: float,
         max_pending_events: int,
         max_pending_bytes: int,
@@ -151,46 +155,48 @@ class Hub:
         self._pool = pool
         self._client_buffer_bytes = client_buffer_bytes
         self._gap_grace = gap_grace_seconds
-        self._max_per_merchant = max_connections_per_merchant
+        self._max_per_topic = max_connections_per_topic
         self._max_gap = max_gap_seconds
         self._max_pending_events = max_pending_events
         self._max_pending_bytes = max_pending_bytes
         self._max_replay = max_replay_events
-        self.feeds: dict[str, MerchantFeed] = {}
-        self._by_channel: dict[bytes, MerchantFeed] = {}
+        self.feeds: dict[Topic, Feed] = {}
+        self._by_channel: dict[bytes, Feed] = {}
         self.subscriber: RedisSubscriber | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._lag_countdown = 0
 
     # -- sessions ---------------------------------------------------------------------------
 
-    async def join(
-        self, connection: ServerConnection, merchant_id: str, since_seq: int | None
-    ) -> MerchantFeed:
+    async def join(self, connection: ServerConnection, topic: Topic, since_seq: int | None) -> Feed:
         """Replay what the client missed after ``since_seq`` (None: nothing), then make it live.
 
         Sends ``welcome``, the missed events in order, then ``live``. Raises
-        :class:`MerchantFull` or :class:`ResumeFailed` (:class:`ReplayTooLong` past
+        :class:`TopicFull` or :class:`ResumeFailed` (:class:`ReplayTooLong` past
         ``max_replay_events``); on any error the client is not joined.
         """
-        feed = self.feeds.get(merchant_id)
-        if feed is not None and feed.members >= self._max_per_merchant:
-            raise MerchantFull(merchant_id)
+        feed = self.feeds.get(topic)
+        if feed is not None and feed.members >= self._max_per_topic:
+            raise TopicFull(topic.key)
         if feed is None:
-            feed = self._open_feed(merchant_id)
+            feed = self._open_feed(topic)
         feed.members += 1
         try:
             await asyncio.shield(feed.started)
             sent = feed.head if since_seq is None else since_seq
             await connection.send(
                 control_message(
-                    "welcome", merchant_id=merchant_id, since_seq=sent, head_seq=feed.head
+                    "welcome",
+                    # {"merchant_id": …, "topic": "merchant:…"} or {"topic": "desk"}
+                    **{feed.name_key: feed.name, "topic": topic.key},
+                    since_seq=sent,
+                    head_seq=feed.head,
                 )
             )
             sent = await self._replay(connection, feed, sent)
-            if self.feeds.get(merchant_id) is not feed:
+            if self.feeds.get(topic) is not feed:
                 # Given up on (a gap it could not fill) while this client was replaying.
-                raise ResumeFailed("the merchant feed was reset during the replay")
+                raise ResumeFailed("the feed was reset during the replay")
         except BaseException:
             self.leave(feed, connection)
             raise
@@ -199,7 +205,7 @@ class Hub:
         broadcast([connection], control_message("live", through_seq=max(sent, feed.head)))
         return feed
 
-    async def _replay(self, connection: ServerConnection, feed: MerchantFeed, sent: int) -> int:
+    async def _replay(self, connection: ServerConnection, feed: Feed, sent: int) -> int:
         replayed = 0
         since = sent
         while sent < feed.head:
@@ -207,25 +213,25 @@ class Hub:
                 REPLAYED.inc(replayed)
                 raise ReplayTooLong(f"more than {self._max_replay} events after seq {since}")
             try:
-                rows = await events_after(
-                    self._pool, feed.merchant_id, sent, up_to=feed.head, limit=REPLAY_PAGE
+                rows = await feed.source.events_after(
+                    self._pool, feed.topic, sent, up_to=feed.head, limit=REPLAY_PAGE
                 )
             except DATABASE_UNREACHABLE as error:
                 raise ResumeFailed(str(error)) from error
             if not rows:
                 raise ResumeFailed(f"events after {sent} up to {feed.head} are missing")
             for row in rows:
-                await connection.send(encode_merchant_event(row))
+                await connection.send(feed.source.encode(row))
                 sent = row["seq"]
             replayed += len(rows)
         REPLAYED.inc(replayed)
         return sent
 
-    def leave(self, feed: MerchantFeed, connection: ServerConnection) -> None:
-        """Forget a session; the last one out releases the merchant's subscription."""
+    def leave(self, feed: Feed, connection: ServerConnection) -> None:
+        """Forget a session; the last one out releases the topic's subscription."""
         feed.live.discard(connection)
         feed.members -= 1
-        if feed.members <= 0 and self.feeds.get(feed.merchant_id) is feed:
+        if feed.members <= 0 and self.feeds.get(feed.topic) is feed:
             self._release(feed)
 
     def connection_count(self) -> int:
@@ -233,9 +239,9 @@ class Hub:
 
     # -- feed lifecycle ---------------------------------------------------------------------
 
-    def _open_feed(self, merchant_id: str) -> MerchantFeed:
-        feed = MerchantFeed(merchant_id)
-        self.feeds[merchant_id] = feed
+    def _open_feed(self, topic: Topic) -> Feed:
+        feed = Feed(topic)
+        self.feeds[topic] = feed
         self._by_channel[feed.channel.encode()] = feed
         SUBSCRIPTIONS.set(len(self.feeds))
         task = asyncio.create_task(self._start(feed))
@@ -243,14 +249,14 @@ class Hub:
         task.add_done_callback(self._closing.discard)
         return feed
 
-    async def _start(self, feed: MerchantFeed) -> None:
+    async def _start(self, feed: Feed) -> None:
         """Subscribe first, then read the head: anything committed later arrives on Redis."""
         try:
             if self.subscriber is not None:
                 await self.subscriber.subscribe(feed.channel)
-            feed.head = await head_seq(self._pool, feed.merchant_id)
+            feed.head = await feed.source.head(self._pool, feed.topic)
         except DATABASE_UNREACHABLE as error:
-            if self.feeds.get(feed.merchant_id) is feed:
+            if self.feeds.get(feed.topic) is feed:
                 self._release(feed)
             feed.started.set_exception(ResumeFailed(f"cannot start the feed: {error}"))
             # Mark it retrieved: joiners that already left would otherwise get it logged.
@@ -260,8 +266,8 @@ class Hub:
         self._drain(feed)
         feed.started.set_result(None)
 
-    def _release(self, feed: MerchantFeed) -> None:
-        del self.feeds[feed.merchant_id]
+    def _release(self, feed: Feed) -> None:
+        del self.feeds[feed.topic]
         if self._by_channel.get(feed.channel.encode()) is feed:
             del self._by_channel[feed.channel.encode()]
             if self.subscriber is not None:
@@ -280,10 +286,10 @@ class Hub:
         if feed is None:
             return
         try:
-            seq = _seq(feed.prefix, payload, feed.merchant_id)
-        except OtherMerchant:
-            DROPPED_OTHER_MERCHANT.inc()
-            log.error("dropping another merchant's event published on %r", channel)
+            seq = _seq(feed.prefix, payload, feed.name_key, feed.name)
+        except OtherTopic:
+            DROPPED_OTHER_TOPIC.inc()
+            log.error("dropping another topic's event published on %r", channel)
             return
         if seq is None:
             DROPPED_UNREADABLE.inc()
@@ -315,25 +321,25 @@ class Hub:
                 self._schedule_fill(feed)
 
     @staticmethod
-    def _hold(feed: MerchantFeed, seq: int, payload: bytes) -> None:
+    def _hold(feed: Feed, seq: int, payload: bytes) -> None:
         if seq not in feed.pending:
             feed.pending[seq] = payload
             feed.pending_bytes += len(payload)
 
-    def _over_bounds(self, feed: MerchantFeed) -> bool:
+    def _over_bounds(self, feed: Feed) -> bool:
         return (
             len(feed.pending) > self._max_pending_events
             or feed.pending_bytes > self._max_pending_bytes
         )
 
-    def _give_up(self, feed: MerchantFeed, why: str) -> None:
+    def _give_up(self, feed: Feed, why: str) -> None:
         """The feed cannot stay gapless: close its live clients with 3010 and release it.
 
         The clients reconnect and resume by seq from Postgres (gapless); the next one opens a
         fresh feed. Sessions still replaying notice in :meth:`join` and are refused.
         """
-        log.warning("giving up on the feed of %s: %s", feed.merchant_id, why)
-        if self.feeds.get(feed.merchant_id) is feed:
+        log.warning("giving up on the feed of %s: %s", feed.topic.key, why)
+        if self.feeds.get(feed.topic) is feed:
             self._release(feed)
         feed.ready = False
         feed.stalled_since = None
@@ -342,7 +348,7 @@ class Hub:
             self.close_soon(connection, CloseCode.INSUFFICIENT_STATE, "cannot fill a gap")
         feed.live.clear()
 
-    def _deliver(self, feed: MerchantFeed, seq: int, payload: bytes) -> None:
+    def _deliver(self, feed: Feed, seq: int, payload: bytes) -> None:
         feed.head = seq
         live = feed.live
         if not live:
@@ -352,7 +358,7 @@ class Hub:
         for connection in slow:
             self._drop_slow(feed, connection)
 
-    def _drain(self, feed: MerchantFeed) -> None:
+    def _drain(self, feed: Feed) -> None:
         """Fan out the held-back events that are now next; fill from Postgres if a gap remains."""
         pending = feed.pending
         head = feed.head
@@ -371,20 +377,20 @@ class Hub:
             feed.stalled_since = time.monotonic()
         self._schedule_fill(feed)
 
-    def _schedule_fill(self, feed: MerchantFeed) -> None:
+    def _schedule_fill(self, feed: Feed) -> None:
         if feed.stalled_since is None:
             feed.stalled_since = time.monotonic()
         if feed.fill_task is None or feed.fill_task.done():
             feed.fill_task = asyncio.create_task(self._fill(feed))
 
-    async def _fill(self, feed: MerchantFeed) -> None:
+    async def _fill(self, feed: Feed) -> None:
         """Read every event up to the latest held-back one from Postgres, in one query.
 
         Gives up on the feed (:meth:`_give_up`) once ``head`` has not moved for
         ``max_gap_seconds`` with events held back.
         """
         delay = self._gap_grace
-        while feed.pending and self.feeds.get(feed.merchant_id) is feed:
+        while feed.pending and self.feeds.get(feed.topic) is feed:
             stalled_since = feed.stalled_since
             if stalled_since is None:
                 stalled_since = feed.stalled_since = time.monotonic()
@@ -402,46 +408,56 @@ class Hub:
             try:
                 # Bounded too: an unanswered query must not hold the feed past its deadline.
                 async with asyncio.timeout(max(1.0, left)):
-                    rows = await events_after(
-                        self._pool, feed.merchant_id, feed.head, up_to=up_to, limit=REPLAY_PAGE
+                    rows = await feed.source.events_after(
+                        self._pool, feed.topic, feed.head, up_to=up_to, limit=REPLAY_PAGE
                     )
             except DATABASE_UNREACHABLE as error:
-                log.warning("cannot fill a gap for %s from Postgres: %s", feed.merchant_id, error)
+                log.warning("cannot fill a gap for %s from Postgres: %s", feed.topic.key, error)
                 delay = min(5.0, max(0.5, delay * 2))
                 continue
             GAP_FILLS.inc()
-            self._apply_rows(rows)
+            self._apply_rows(feed.source, rows)
             self._drain(feed)
             delay = self._gap_grace
 
-    def _apply_rows(self, rows: list[asyncpg.Record]) -> None:
+    def _apply_rows(self, source: FeedSource, rows: list[asyncpg.Record]) -> Counter[Topic]:
+        """Deliver the rows that are next for their feeds; how many rows each topic had."""
+        per_topic: Counter[Topic] = Counter()
         for row in rows:
-            feed = self.feeds.get(row["merchant_id"])
+            topic = source.topic_of(row)
+            per_topic[topic] += 1
+            feed = self.feeds.get(topic)
             if feed is not None and feed.ready and row["seq"] == feed.head + 1:
                 EVENTS_FROM_POSTGRES.inc()
-                self._deliver(feed, row["seq"], encode_merchant_event(row).encode())
+                self._deliver(feed, row["seq"], source.encode(row).encode())
+        return per_topic
 
     async def resync_all(self) -> None:
         """Bring every feed up to date from Postgres (after a Redis reconnect, or while it is down).
 
-        One query per round for all feeds; raises the database error if Postgres is unreachable.
+        One query per source and round for all its feeds; raises the database error if
+        Postgres is unreachable.
         """
         feeds = [feed for feed in self.feeds.values() if feed.ready]
         while feeds:
-            rows = await heads_and_events_after(
-                self._pool,
-                {feed.merchant_id: feed.head for feed in feeds},
-                limit_per_merchant=REPLAY_PAGE,
-            )
-            self._apply_rows(rows)
-            per_merchant = Counter(row["merchant_id"] for row in rows)
+            by_source: dict[FeedSource, list[Feed]] = {}
+            for feed in feeds:
+                by_source.setdefault(feed.source, []).append(feed)
+            per_topic: Counter[Topic] = Counter()
+            for source, group in by_source.items():
+                rows = await source.heads_and_events_after(
+                    self._pool,
+                    {feed.topic: feed.head for feed in group},
+                    limit_per_topic=REPLAY_PAGE,
+                )
+                per_topic.update(self._apply_rows(source, rows))
             for feed in feeds:
                 self._drain(feed)
-            feeds = [f for f in feeds if per_merchant[f.merchant_id] >= REPLAY_PAGE and f.ready]
+            feeds = [f for f in feeds if per_topic[f.topic] >= REPLAY_PAGE and f.ready]
 
     # -- disconnects ------------------------------------------------------------------------
 
-    def _drop_slow(self, feed: MerchantFeed, connection: ServerConnection) -> None:
+    def _drop_slow(self, feed: Feed, connection: ServerConnection) -> None:
         feed.live.discard(connection)
         DISCONNECTS.labels("slow").inc()
         self.close_soon(connection, CloseCode.SLOW_CONSUMER, "slow consumer")
@@ -490,12 +506,13 @@ def fan_out(
     return sent, slow
 
 
-def _seq(prefix: bytes, payload: bytes, merchant_id: str) -> int | None:
+def _seq(prefix: bytes, payload: bytes, name_key: str, name: str) -> int | None:
     """The event's seq: read after its known prefix if it has it, else from the parsed JSON.
 
-    The prefix starts with ``{"merchant_id":<this merchant>``, so a payload that has it is this
-    merchant's without a parse. Otherwise the parsed payload must name ``merchant_id`` (else
-    :class:`OtherMerchant`). None if there is no readable seq.
+    The prefix starts with ``{"<name_key>":<name>`` (``{"merchant_id":"m_1"``, ``{"topic":
+    "desk"``), so a payload that has it is this topic's without a parse. Otherwise the parsed
+    payload must carry ``name`` under ``name_key`` (else :class:`OtherTopic`). None if there is
+    no readable seq.
     """
     if payload.startswith(prefix):
         start = len(prefix)
@@ -505,11 +522,11 @@ def _seq(prefix: bytes, payload: bytes, merchant_id: str) -> int | None:
     try:
         body = json.loads(payload)
         seq = body["seq"]
-        named = body.get("merchant_id")
+        named = body.get(name_key)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
-    if named != merchant_id:
-        raise OtherMerchant(named)
+    if named != name:
+        raise OtherTopic(named)
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 

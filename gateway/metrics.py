@@ -31,8 +31,8 @@ EVENTS_IN = Counter(
 )
 EVENTS_DROPPED = Counter(
     "switchboard_gateway_events_dropped_total",
-    "Messages from Redis not fanned out, by reason (unreadable, other_merchant: a payload"
-    " naming another merchant than its channel's).",
+    "Messages from Redis not fanned out, by reason (unreadable, other_topic: a payload"
+    " naming another topic than its channel's).",
     ["reason"],
 )
 DELIVERIES = Counter(

@@ -8,11 +8,16 @@ Client → gateway (JSON text frames, at most ``gateway_max_message_bytes``):
 * afterwards only ``{"type": "ping"}`` (answered with a ``pong`` control message), at most
   ``gateway_client_messages_per_minute``.
 
-Gateway → client: every message carrying ``seq`` is a merchant event
-(``{merchant_id, seq, event_id, type, data, occurred_at}``, the shape of
-:func:`core.merchant_events.encode_merchant_event`); every other message carries ``control``:
+The token decides the topic (:class:`core.feeds.Topic`): a merchant's feed, the exchange desk
+or one exchange request. Gateway → client: every message carrying ``seq`` is an event of that
+topic, a merchant's as ``{merchant_id, seq, event_id, type, data, occurred_at}``
+(:func:`core.merchant_events.encode_merchant_event`), any other topic's as ``{topic, seq,
+event_id, type, data, occurred_at}`` (:func:`core.feeds.encode_feed_event`); every other message
+carries ``control``:
 
-* ``{"control": "welcome", "merchant_id", "since_seq", "head_seq"}`` after a valid auth;
+* ``{"control": "welcome", "topic", "since_seq", "head_seq"}`` after a valid auth, with
+  ``merchant_id`` too on a merchant's feed (``topic`` is ``merchant:<id>``, ``desk`` or
+  ``request:<id>``);
 * ``{"control": "live", "through_seq"}`` once the replay of missed events is done (everything
   up to ``through_seq`` was sent, in order; live events follow);
 * ``{"control": "pong"}``.
@@ -46,7 +51,7 @@ class CloseCode(IntEnum):
     SERVICE_RESTART = 1012
     """The instance is shutting down: reconnect with backoff and jitter, resume from last seq."""
     TRY_AGAIN_LATER = 1013
-    """Too many connections for this merchant on this instance: back off, then reconnect."""
+    """Too many connections for this topic on this instance: back off, then reconnect."""
     TOKEN_EXPIRED = 3005
     """The token's lifetime is over: get a new one and resume from the last seq."""
     SLOW_CONSUMER = 3008

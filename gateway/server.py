@@ -45,14 +45,15 @@ from core.audit import raise_alert, resolve_alert
 from core.dashboard_tokens import DashboardGrant, verify_dashboard_token
 from core.db import DATABASE_UNREACHABLE, connect_pool
 from core.errors import InvalidDashboardToken
+from core.feeds import TopicKind
 from core.logs import configure_logging
 from core.settings import Settings
 from gateway.admission import Admission, TokenBucket
 from gateway.hub import (
     Hub,
-    MerchantFull,
     ReplayTooLong,
     ResumeFailed,
+    TopicFull,
     close_or_abort,
 )
 from gateway.metrics import CONNECTIONS, DISCONNECTS, HANDSHAKES_REFUSED, REDIS_CONNECTED, RESUMES
@@ -97,7 +98,7 @@ class Gateway:
             pool,
             client_buffer_bytes=settings.gateway_client_buffer_bytes,
             gap_grace_seconds=settings.gateway_gap_grace_seconds,
-            max_connections_per_merchant=settings.gateway_max_connections_per_merchant,
+            max_connections_per_topic=settings.gateway_max_connections_per_merchant,
             max_gap_seconds=settings.gateway_max_gap_seconds,
             max_pending_events=settings.gateway_max_pending_events,
             max_pending_bytes=settings.gateway_max_pending_bytes,
@@ -251,7 +252,8 @@ class Gateway:
             "status": "ok" if self.subscriber.connected else "degraded",
             "redis": self.subscriber.connected,
             "connections": self.hub.connection_count(),
-            "merchant_feeds": len(self.hub.feeds),
+            "feeds": len(self.hub.feeds),
+            "merchant_feeds": sum(t.kind is TopicKind.MERCHANT for t in self.hub.feeds),
             "instance": self.instance,
         }
 
@@ -272,20 +274,20 @@ class Gateway:
                 return
         grant, since_seq = authenticated
         try:
-            feed = await self.hub.join(connection, grant.merchant_id, since_seq)
-        except MerchantFull:
+            feed = await self.hub.join(connection, grant.topic, since_seq)
+        except TopicFull:
             DISCONNECTS.labels("cap").inc()
             await self._close(connection, CloseCode.TRY_AGAIN_LATER, "too many connections")
             return
         except ReplayTooLong as error:
-            log.info("resume refused for %s: %s", grant.merchant_id, error)
+            log.info("resume refused for %s: %s", grant.topic.key, error)
             DISCONNECTS.labels("replay").inc()
             await self._close(
                 connection, CloseCode.INSUFFICIENT_STATE, "too far behind: reload with sync"
             )
             return
         except ResumeFailed as error:
-            log.warning("resume failed for %s: %s", grant.merchant_id, error)
+            log.warning("resume failed for %s: %s", grant.topic.key, error)
             DISCONNECTS.labels("resume").inc()
             await self._close(connection, CloseCode.INSUFFICIENT_STATE, "resume failed")
             return

@@ -22,8 +22,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
+from core import feeds
 from core.contracts import merchant_channel
-from core.dashboard_tokens import issue_dashboard_token
+from core.dashboard_tokens import issue_dashboard_token, issue_topic_token
+from core.feeds import Topic
 from core.merchant_events import encode_merchant_event
 from core.settings import Settings
 from devstack.ports import free_port
@@ -47,6 +49,13 @@ def token_for(
         merchant,
         ttl_seconds=ttl,
         now=time.time() if now is None else now,
+    )
+    return token
+
+
+def topic_token(settings: Settings, topic: Topic, *, ttl: float = 600) -> str:
+    token, _ = issue_topic_token(
+        settings.dashboard_token_secret.get_secret_value(), topic, ttl_seconds=ttl, now=time.time()
     )
     return token
 
@@ -113,6 +122,24 @@ async def append_events(
             for index in order:
                 pipe.publish(merchant_channel(merchant), encode_merchant_event(rows[index]))
             await pipe.execute()
+    return rows
+
+
+async def append_topic_events(
+    pool: asyncpg.Pool, redis: Redis | None, topic: Topic, count: int
+) -> list[asyncpg.Record]:
+    """Append ``count`` canary events to a desk or request topic in one transaction
+    (:func:`core.feeds.append`), then publish them (unless ``redis`` is None)."""
+    run = uuid.uuid4().hex[:8]
+    async with pool.acquire() as conn, conn.transaction():
+        rows = [
+            await feeds.append(
+                conn, topic, "canary", {"canary": topic.key, "n": n}, event_id=f"{run}.{n}"
+            )
+            for n in range(count)
+        ]
+    if redis is not None:
+        assert await feeds.publish_events(pool, redis, [row["event_id"] for row in rows]) == count
     return rows
 
 

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from core.contracts import merchant_channel
 from core.db import connect_pool
+from core.feeds import Topic
 from core.merchant_events import encode_merchant_event
 from core.settings import Settings
 from gateway.server import Gateway
@@ -63,14 +64,14 @@ async def test_a_gap_postgres_cannot_fill_closes_with_3010_after_max_gap_seconds
     ):
         client = await recorder(settings, unplugged.port, merchant)
         await client.wait_live()
-        feed = unplugged.hub.feeds[merchant]
+        feed = unplugged.hub.feeds[Topic.merchant(merchant)]
         await _unplug(proxy)
         held_from = time.monotonic()
         await append_events(gw_pool, gw_redis, merchant, 5, publish_order=[1, 2, 3, 4])
         assert await client.wait_closed() == 3010
         assert time.monotonic() - held_from >= settings.gateway_max_gap_seconds
         assert client.events == []
-        assert merchant not in unplugged.hub.feeds
+        assert Topic.merchant(merchant) not in unplugged.hub.feeds
         assert feed.pending == {} and feed.pending_bytes == 0 and not feed.live
     resumed = await recorder(gw_settings, gateway.port, merchant, since_seq=0)
     await resumed.wait_seq(5)
@@ -95,7 +96,7 @@ async def test_events_held_back_past_the_bound_close_with_3010(
         clients = [await recorder(settings, gateway.port, merchant) for _ in range(2)]
         for client in clients:
             await client.wait_live()
-        feed = gateway.hub.feeds[merchant]
+        feed = gateway.hub.feeds[Topic.merchant(merchant)]
         await _unplug(proxy)
         await append_events(
             gw_pool,
@@ -108,7 +109,7 @@ async def test_events_held_back_past_the_bound_close_with_3010(
         for client in clients:
             assert await client.wait_closed() == 3010
             assert client.events == []
-        assert merchant not in gateway.hub.feeds
+        assert Topic.merchant(merchant) not in gateway.hub.feeds
         assert feed.pending == {} and feed.pending_bytes == 0
 
 
@@ -141,7 +142,7 @@ async def test_payloads_naming_another_merchant_are_dropped_and_counted(
     merchant, other = merchant_id(), merchant_id()
     client = await recorder(gw_settings, gateway.port, merchant)
     await client.wait_live()
-    before = _dropped("other_merchant")
+    before = _dropped("other_topic")
     foreign = (await append_events(gw_pool, None, other, 1))[0]
     encoded = encode_merchant_event(foreign)
     reordered = json.dumps({"seq": 1, **json.loads(encoded)})
@@ -150,7 +151,7 @@ async def test_payloads_naming_another_merchant_are_dropped_and_counted(
     await append_events(gw_pool, gw_redis, merchant, 1)  # same channel: arrives after those
     await client.wait_seq(1)
     assert [(e["merchant_id"], e["seq"]) for e in client.events] == [(merchant, 1)]
-    assert _dropped("other_merchant") == before + 2
+    assert _dropped("other_topic") == before + 2
     await client.stop()
 
 

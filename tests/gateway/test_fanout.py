@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from core.contracts import merchant_channel
+from core.feeds import Topic
 from core.settings import Settings
 from gateway.server import Gateway
 from tests.gateway.support import (
@@ -76,7 +77,10 @@ async def test_one_shared_subscription_per_merchant_released_by_the_last_client(
     await clients[2].stop()
 
     async def released() -> bool:
-        return await _subscribers(gw_redis, merchant) == 0 and merchant not in gateway.hub.feeds
+        return (
+            await _subscribers(gw_redis, merchant) == 0
+            and Topic.merchant(merchant) not in gateway.hub.feeds
+        )
 
     await wait_for(released, timeout=5, what="the subscription to be released")
 
@@ -194,7 +198,7 @@ async def test_slow_consumer_is_dropped_and_others_keep_their_latency(
         merchant = merchant_id()
         healthy = await recorder(settings, gateway.port, merchant)
         await healthy.wait_live()
-        feed = gateway.hub.feeds[merchant]
+        feed = gateway.hub.feeds[Topic.merchant(merchant)]
 
         async def latency() -> float:
             """Publish one big event, wait for the healthy client to get it, pace to 5/s."""
