@@ -4,62 +4,32 @@
 // and backlog.
 // Plain ES module, no build step. Protocol: gateway/protocol.py.
 
+import { $, Feed, el, money, operatorApi } from "./live.js";
+
 const config = JSON.parse(document.getElementById("sb-config").textContent);
 const RING_SIZE = 500;
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 30000;
-const INSUFFICIENT_STATE = 3010;  // the gateway cannot resume us gaplessly: reload through sync
-
-const $ = (id) => document.getElementById(id);
-const el = (tag, attrs = {}, ...children) => {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ""));
-  return node;
-};
 
 const state = {
   apiKey: sessionStorage.getItem("sb.apiKey") || config.devApiKey || "",
   merchant: new URLSearchParams(location.search).get("merchant") || sessionStorage.getItem("sb.merchant") || "",
-  lastSeq: 0,
   ring: [],          // newest last; at most RING_SIZE events
   totals: new Map(), // currency -> {volume, refunded, succeeded, failed}
   balances: new Map(),
   received: 0,
-  socket: null,
-  attempt: 0,
+  feed: null,
   connState: "idle",
   queue: [],         // events waiting for the next animation frame
-  stopped: false,
-  needsSync: false,  // reload the state through sync before the next connection
   syncs: 0,          // snapshots loaded (the first, then one per 3010)
 };
 window.switchboard = {  // for tests and the curious: read-only views of the page state
   seqs: () => state.ring.map((e) => e.seq),
   merchants: () => [...new Set(state.ring.map((e) => e.merchant_id))],
-  lastSeq: () => state.lastSeq,
+  lastSeq: () => state.feed?.lastSeq ?? 0,
   connState: () => state.connState,
   syncs: () => state.syncs,
 };
 
-async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { authorization: `Bearer ${state.apiKey}`, "content-type": "application/json", ...(options.headers || {}) },
-  });
-  if (!response.ok) {
-    let detail = response.statusText;
-    try { detail = (await response.json()).detail || detail; } catch { /* not JSON */ }
-    throw Object.assign(new Error(`${response.status}: ${detail}`), { status: response.status, detail });
-  }
-  return response.json();
-}
-
-// -- connection ----------------------------------------------------------------------------
+const api = operatorApi(() => state.apiKey);
 
 function setConn(kind, text) {
   state.connState = kind;
@@ -69,58 +39,9 @@ function setConn(kind, text) {
   pill.textContent = text || kind;
 }
 
-function backoffMs() {
-  // Exponential backoff with full jitter, so dashboards dropped together do not return together.
-  const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
-  state.attempt += 1;
-  return Math.round(cap / 2 + Math.random() * cap / 2);
-}
-
-function scheduleReconnect(reason) {
-  if (state.stopped) return;
-  const delay = backoffMs();
-  setConn("reconnecting", `reconnecting in ${(delay / 1000).toFixed(1)} s`);
-  console.info(`switchboard: ${reason}; reconnecting in ${delay} ms from seq ${state.lastSeq}`);
-  setTimeout(connect, delay);
-}
-
-async function connect() {
-  if (state.stopped) return;
-  setConn("connecting", "connecting");
-  if (state.needsSync) {
-    // Closed with 3010 (e.g. too far behind to replay): start again from a fresh snapshot.
-    try { await loadSnapshot(); }
-    catch (error) { return scheduleReconnect(`sync failed (${error.message})`); }
-  }
-  let grant;
-  try {
-    // A fresh token per connection: tokens are short-lived and never reused.
-    grant = await api(`/v1/merchants/${encodeURIComponent(state.merchant)}/dashboard-tokens`, { method: "POST" });
-  } catch (error) {
-    if (error.status === 401 || error.status === 403 || error.status === 404) return signOut(error.message);
-    return scheduleReconnect(`token request failed (${error.message})`);
-  }
-  const socket = new WebSocket(grant.gateway_url);
-  state.socket = socket;
-  socket.onopen = () => socket.send(JSON.stringify({ type: "auth", token: grant.token, since_seq: state.lastSeq }));
-  socket.onmessage = (message) => onMessage(socket, JSON.parse(message.data));
-  socket.onclose = (event) => {
-    if (state.socket !== socket) return;
-    state.socket = null;
-    if (event.code === INSUFFICIENT_STATE) state.needsSync = true;
-    scheduleReconnect(`closed with ${event.code} ${event.reason || ""}`.trim());
-  };
-}
-
-function onMessage(socket, message) {
-  if (message.control === "welcome") setConn("replaying", "catching up");
-  else if (message.control === "live") { setConn("live", "live"); state.attempt = 0; }
-  else if ("seq" in message) {
-    if (message.merchant_id !== state.merchant || message.seq <= state.lastSeq) return; // repeat
-    if (message.seq !== state.lastSeq + 1) { socket.close(4000, "gap"); return; }     // resume
-    state.lastSeq = message.seq;
-    accept(message, true);
-  }
+function onEvent(event) {
+  if (event.merchant_id !== state.merchant) return;  // the gateway sends one merchant's feed
+  accept(event, true);
 }
 
 // -- merchant view -------------------------------------------------------------------------
@@ -147,11 +68,6 @@ function accept(event, live) {
   if (state.queue.length === 1) requestAnimationFrame(flush);
 }
 
-const money = (minor, currency) => {
-  try { return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(minor / 100); }
-  catch { return `${(minor / 100).toFixed(2)} ${currency}`; }
-};
-
 function flush() {
   // One DOM update per frame however fast events arrive; the table never exceeds the ring.
   const batch = state.queue.splice(0);
@@ -161,7 +77,7 @@ function flush() {
   body.prepend(fragment);
   while (body.rows.length > RING_SIZE) body.deleteRow(-1);
   $("empty").hidden = body.rows.length > 0;
-  $("last-seq").textContent = state.lastSeq;
+  $("last-seq").textContent = state.feed?.lastSeq ?? "–";
   $("event-count").textContent = `· ${state.received.toLocaleString()} received`;
   renderKpis();
 }
@@ -204,7 +120,8 @@ function renderKpis() {
 }
 
 async function loadSnapshot() {
-  // Replaces everything the page holds with the merchant's state as of the sync's head_seq.
+  // Replaces everything the page holds with the merchant's state as of the sync's head_seq,
+  // which it returns: the feed resumes from there.
   const snapshot = await api(`/v1/merchants/${encodeURIComponent(state.merchant)}/sync`);
   state.totals.clear();
   state.balances.clear();
@@ -216,12 +133,11 @@ async function loadSnapshot() {
   }
   for (const b of snapshot.balances) state.balances.set(balanceKey(b), b);
   for (const event of snapshot.events) accept(event, false);
-  state.lastSeq = snapshot.head_seq;  // totals are exactly the effect of events up to here
-  state.needsSync = false;
   state.syncs += 1;
   renderKpis();
   $("empty").hidden = snapshot.events.length > 0;
   await loadEscrows();  // after head_seq: whatever commits later arrives on the feed
+  return snapshot.head_seq;  // totals are exactly the effect of events up to here
 }
 
 // -- escrows view --------------------------------------------------------------------------
@@ -333,9 +249,17 @@ function escrowRow(e) {
 }
 
 async function startMerchant() {
-  await loadSnapshot();
+  state.feed?.stop();
+  state.feed = new Feed({
+    api,
+    tokenPath: `/v1/merchants/${encodeURIComponent(state.merchant)}/dashboard-tokens`,
+    resync: loadSnapshot,
+    onEvent,
+    onState: setConn,
+    onRefused: (error) => signOut(error.message),
+  });
+  await state.feed.start();
   $("merchant-name").textContent = state.merchant;
-  connect();
 }
 
 // -- trace and workflow links --------------------------------------------------------------
@@ -653,7 +577,7 @@ function show(view) {
 // -- sign-in -------------------------------------------------------------------------------
 
 function signOut(message) {
-  state.stopped = true;
+  state.feed?.stop();
   setConn("error", "signed out");
   $("signin").hidden = false;
   for (const name of VIEWS) $(`${name}-view`).hidden = true;
@@ -664,7 +588,6 @@ async function signIn(event) {
   event?.preventDefault();
   state.apiKey = $("api-key").value.trim();
   state.merchant = $("merchant-id").value.trim();
-  state.stopped = false;
   try {
     await startMerchant();
   } catch (error) {
