@@ -21,7 +21,12 @@ import asyncpg
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateStage
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -300,7 +305,8 @@ async def _wait(
         if update_id is not None and error.status == RPCStatusCode.NOT_FOUND:
             raise EscrowConflict(f"escrow {escrow_id} refused this {update}") from None
         log.warning("escrow %s: no answer to %s yet: %s", escrow_id, update, error)
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # The SDK turns the deadline's cancellation of its update call into its own error.
         pass
 
 
