@@ -97,7 +97,7 @@ def build_worker(
     clients injected; its HTTP client (the payout provider's) closes with ``stack``."""
     ledger = LedgerActivities(pool)
     publish = PublishActivities(pool, redis)
-    escrows = EscrowActivities(pool)
+    escrows = EscrowActivities(pool, redis)
     payout_http = httpx.AsyncClient(timeout=settings.payout_timeout_seconds)
     stack.push_async_callback(payout_http.aclose)
     payouts = PayoutActivities(payout_http, pool, settings)

@@ -5,14 +5,22 @@ escrow and the wallet (never from Temporal's attempt or run), and a transition r
 committed changes nothing. A debit the ledger refuses for good (insufficient funds, a closed
 wallet) fails as a non-retryable ``ApplicationError`` of the refusal's type, which the saga
 compensates; a return to a source is retried until it is done.
+
+A step that moves the escrow publishes the transition's merchant event to Redis once its
+transaction committed, in the same activity: a publish that fails fails the step, whose retry
+finds the transition committed and publishes it again (at least once; the event carries the
+merchant ``seq``, so a repeat is dropped by clients). The saga runs these steps as local
+activities (:mod:`workflows.escrow`).
 """
 
 from __future__ import annotations
 
 import asyncpg
+from redis.asyncio import Redis
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.publish import publish_merchant_event
 from core import escrow
 from core.alerting import Severity, alert_kind
 from core.audit import raise_alert, resolve_alert
@@ -44,14 +52,16 @@ ALERT_KINDS = {kind.name: kind for kind in (COMPENSATION_SLOW, RELEASE_REFUSED)}
 
 
 class EscrowActivities:
-    """The escrow saga's steps, on a Postgres pool."""
+    """The escrow saga's steps, on a Postgres pool, publishing to ``redis`` (without one, the
+    events stay in Postgres, where the gateway's gap fill reads them)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, redis: Redis | None = None) -> None:
         self._pool = pool
+        self._redis = redis
 
     @activity.defn(name="move_escrow")
     async def move_escrow(self, step: EscrowMoveInput) -> str:
-        """Move the escrow (audited, announced); returns the event to publish."""
+        """Move the escrow (audited, announced, published); returns its event."""
         async with self._pool.acquire() as conn:
             moved = await escrow.move(
                 conn,
@@ -61,7 +71,7 @@ class EscrowActivities:
                 actor=step.actor,
                 reason=step.reason,
             )
-        return moved.event_id
+        return await self._published(moved.event_id)
 
     @activity.defn(name="debit_escrow_source")
     async def debit_escrow_source(self, leg: EscrowSourceInput) -> None:
@@ -84,8 +94,8 @@ class EscrowActivities:
 
     @activity.defn(name="release_escrow")
     async def release_escrow(self, step: EscrowSettleInput) -> str:
-        """Pay the escrow to its beneficiary and mark it released; returns the event to
-        publish. A closed beneficiary wallet is final (non-retryable ``WalletClosed``)."""
+        """Pay the escrow to its beneficiary and mark it released (published); returns the
+        event. A closed beneficiary wallet is final (non-retryable ``WalletClosed``)."""
         async with self._pool.acquire() as conn:
             try:
                 moved = await escrow.release(
@@ -97,14 +107,15 @@ class EscrowActivities:
                 )
             except MoneyRefused as error:
                 raise _final(error) from None
-        return moved.event_id
+        return await self._published(moved.event_id)
 
     @activity.defn(name="refund_escrow")
     async def refund_escrow(self, step: EscrowSettleInput) -> str:
-        """Return every source's debit and mark the escrow refunded; returns the event."""
+        """Return every source's debit and mark the escrow refunded (published); returns the
+        event."""
         async with self._pool.acquire() as conn:
             moved = await escrow.refund(conn, step.escrow_id, actor=step.actor, reason=step.reason)
-        return moved.event_id
+        return await self._published(moved.event_id)
 
     @activity.defn(name="escrow_alert")
     async def escrow_alert(self, alert: EscrowAlertInput) -> None:
@@ -123,6 +134,11 @@ class EscrowActivities:
                 summary=alert.summary,
                 details={"escrow_id": alert.escrow_id, "merchant_id": merchant_id},
             )
+
+    async def _published(self, event_id: str) -> str:
+        if self._redis is not None:
+            await publish_merchant_event(self._pool, self._redis, event_id)
+        return event_id
 
 
 def _final(error: OperatorError) -> ApplicationError:

@@ -8,17 +8,25 @@ The rules (DESIGN.md §2), as the workflow runs them:
   funds, a closed wallet), every debit already made is returned, all of them even if one return
   fails for a while: each is retried until done, and an alert opens if that takes longer than
   ``compensation_alert_seconds``. The escrow then ends ``failed`` with every debit returned.
-* **Release and refund are updates** whose validators refuse at once an escrow that is not
-  ``funded`` (or held in ``release_failed``). An escrow nobody released by ``expires_at`` is
-  refunded on a durable timer.
+* **Release and refund are updates** whose validators refuse at once an escrow that can no
+  longer be released or refunded (failed, released, refunded, or another order under way). One
+  that comes while funding is still being recorded here (Postgres, which the api checks first,
+  may already say ``funded``) waits for funding to end and is refused then if it failed. An
+  escrow nobody released by ``expires_at`` is refunded on a durable timer.
 * **Settlement calls the provider before the database.** A release to an external account
   first asks the payout provider to transfer, with an idempotency key from the escrow (retried
   with the same key); only a confirmed transfer is written (holding account out to the world,
   ``released``). A refusal for good leaves the database untouched and holds the escrow in
   ``release_failed`` with an alert, until an operator retries the release or refunds it.
-* **Every transition is audited and published** to the merchant's live feed.
+* **Every transition is audited and published** to the merchant's live feed, in order: the step
+  that commits a transition publishes its event once committed (at least once; the event
+  carries the merchant ``seq``).
 
-The workflow itself only decides; every read and write is an activity.
+The workflow itself only decides; every read and write is an activity. The Postgres steps run as
+local activities, so one workflow task runs several of them (funding is one task) without a
+round trip through the server each; a step still failing after ``ESCROW_LOCAL_BUDGET`` (Postgres
+away) goes on as a regular activity, retried by the server until done. The provider's transfer
+is a regular activity.
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError as StepTimeout
 from temporalio.types import MethodAsyncSingleParam
 
 with workflow.unsafe.imports_passed_through():
@@ -52,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         PublishInput,
     )
     from workflows.policies import (
+        ESCROW_LOCAL_BUDGET,
         ESCROW_STEP_RETRY,
         ESCROW_STEP_TIMEOUT,
         PAYOUT_RETRY,
@@ -64,6 +74,7 @@ __all__ = ["EscrowWorkflow"]
 
 SYSTEM = "switchboard"
 """The actor of the saga's own steps (expiry, compensation)."""
+_FUNDING = (EscrowStatus.CREATED, EscrowStatus.FUNDING)
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -132,7 +143,7 @@ class EscrowWorkflow:
 
     @release.validator
     def _validate_release(self, request: EscrowRequest) -> None:
-        self._refuse_unless_held("released")
+        self._refuse_unless_held("released", funding=True)
 
     @workflow.update
     async def refund(self, request: EscrowRequest) -> str:
@@ -141,7 +152,7 @@ class EscrowWorkflow:
 
     @refund.validator
     def _validate_refund(self, request: EscrowRequest) -> None:
-        self._refuse_unless_held("refunded")
+        self._refuse_unless_held("refunded", funding=True)
 
     # -- funding -------------------------------------------------------------------------------
 
@@ -159,11 +170,8 @@ class EscrowWorkflow:
     async def _return_debits(self, debited: list[EscrowSource]) -> None:
         """Return every debit made, each retried until done; alert if it takes too long."""
         returns = [
-            workflow.start_activity_method(
-                EscrowActivities.return_escrow_source,
-                self._leg(source),
-                start_to_close_timeout=ESCROW_STEP_TIMEOUT,
-                retry_policy=ESCROW_STEP_RETRY,
+            asyncio.ensure_future(
+                self._step(EscrowActivities.return_escrow_source, self._leg(source))
             )
             for source in debited
         ]
@@ -222,22 +230,20 @@ class EscrowWorkflow:
             settle = EscrowSettleInput(
                 self._escrow.escrow_id, request.actor, request.reason, transfer_id
             )
-            event_id = await self._step(EscrowActivities.release_escrow, settle)
+            await self._step(EscrowActivities.release_escrow, settle)
         except ActivityError as error:
             refusal = _reason(error)
             await self._move(EscrowStatus.RELEASE_FAILED, SYSTEM, refusal)
             await self._alert(RELEASE_REFUSED.name, f"release refused: {refusal}")
             return
         self._status = EscrowStatus.RELEASED
-        await self._publish(event_id)
 
     async def _refund(self, request: EscrowRequest) -> None:
         """Return every debit to its source (one transaction with ``refunded``)."""
         await self._move(EscrowStatus.REFUNDING, request.actor, request.reason)
         settle = EscrowSettleInput(self._escrow.escrow_id, request.actor, request.reason)
-        event_id = await self._step(EscrowActivities.refund_escrow, settle)
+        await self._step(EscrowActivities.refund_escrow, settle)
         self._status = EscrowStatus.REFUNDED
-        await self._publish(event_id)
 
     def _payout_key(self) -> str:
         # The provider keeps its answer per key, a refusal too: an operator's retry after a
@@ -246,8 +252,10 @@ class EscrowWorkflow:
         return base if self._releases == 1 else f"{base}:{self._releases}"
 
     async def _run_order(self, action: Literal["release", "refund"], request: EscrowRequest) -> str:
-        # Two updates accepted in one workflow task both passed their validators; the second
-        # is refused here, before it changes anything.
+        # An order accepted while funding was being recorded waits for its outcome. Two
+        # updates accepted in one workflow task both passed their validators; the second is
+        # refused here, before it changes anything.
+        await workflow.wait_condition(lambda: self._status not in _FUNDING)
         self._refuse_unless_held("released" if action == "release" else "refunded")
         self._orders += 1
         ticket = self._orders
@@ -255,11 +263,11 @@ class EscrowWorkflow:
         await workflow.wait_condition(lambda: self._done >= ticket)
         return self._status
 
-    def _refuse_unless_held(self, what: str) -> None:
-        if self._order is not None or self._status not in (
-            EscrowStatus.FUNDED,
-            EscrowStatus.RELEASE_FAILED,
-        ):
+    def _refuse_unless_held(self, what: str, *, funding: bool = False) -> None:
+        """Refuse (``ESCROW_REFUSED``) unless the escrow is held with no order under way (or,
+        with ``funding``, still being funded: the order then waits for the outcome)."""
+        held = (EscrowStatus.FUNDED, EscrowStatus.RELEASE_FAILED)
+        if self._order is not None or self._status not in held + (_FUNDING if funding else ()):
             busy = f", {self._order.action} under way" if self._order is not None else ""
             raise ApplicationError(
                 f"escrow {self._escrow.escrow_id} is {self._status}{busy}: it cannot be {what}",
@@ -270,25 +278,19 @@ class EscrowWorkflow:
     # -- steps -----------------------------------------------------------------------------------
 
     async def _move(self, to: EscrowStatus, actor: str, reason: str | None) -> None:
+        """Move the escrow (the step publishes the transition once committed)."""
         step = EscrowMoveInput(self._escrow.escrow_id, self._status, to, actor, reason)
-        event_id = await self._step(EscrowActivities.move_escrow, step)
+        await self._step(EscrowActivities.move_escrow, step)
         self._status = to
-        await self._publish(event_id)
 
     async def _step(self, activity: MethodAsyncSingleParam[EscrowActivities, A, R], arg: A) -> R:
-        return await workflow.execute_activity_method(
-            activity,
-            arg,
-            start_to_close_timeout=ESCROW_STEP_TIMEOUT,
-            retry_policy=ESCROW_STEP_RETRY,
-        )
+        """One Postgres step of the saga (a refusal for good is raised)."""
+        return await _local_first(activity, arg, ESCROW_STEP_TIMEOUT, ESCROW_STEP_RETRY)
 
     async def _publish(self, event_id: str) -> None:
-        await workflow.execute_activity_method(
-            PublishActivities.publish_event,
-            PublishInput(event_id),
-            start_to_close_timeout=PUBLISH_TIMEOUT,
-            retry_policy=PUBLISH_RETRY,
+        """Publish an event the saga did not commit itself (the api's ``created``)."""
+        await _local_first(
+            PublishActivities.publish_event, PublishInput(event_id), PUBLISH_TIMEOUT, PUBLISH_RETRY
         )
 
     async def _alert(self, kind: str, summary: str, *, resolve: bool = False) -> None:
@@ -304,6 +306,35 @@ class EscrowWorkflow:
     async def _finish(self) -> str:
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status
+
+
+async def _local_first(
+    activity: MethodAsyncSingleParam[Any, A, R],
+    arg: A,
+    timeout: timedelta,
+    retry: RetryPolicy,
+) -> R:
+    """Run ``activity`` as a local activity for up to ``ESCROW_LOCAL_BUDGET``, retries included;
+    still failing then, as a regular activity that the server retries until done (its retries
+    add nothing to the history, where a long run of local retries would). A failure for good
+    (non-retryable) is raised either way."""
+    try:
+        return await workflow.execute_local_activity_method(
+            activity,
+            arg,
+            start_to_close_timeout=timeout,
+            schedule_to_close_timeout=ESCROW_LOCAL_BUDGET,
+            retry_policy=retry,
+        )
+    except ActivityError as error:
+        # Out of local budget, the failure is a timeout or the last retryable error.
+        cause = error.cause
+        retryable = isinstance(cause, ApplicationError) and not cause.non_retryable
+        if not (isinstance(cause, StepTimeout) or retryable):
+            raise
+    return await workflow.execute_activity_method(
+        activity, arg, start_to_close_timeout=timeout, retry_policy=retry
+    )
 
 
 def _err(outcome: object) -> bool:

@@ -16,6 +16,7 @@ __all__ = [
     "DELIVERY_BLOCKED_WAIT",
     "DELIVERY_RECORD_RETRY",
     "DEPENDENCY_GRACE",
+    "ESCROW_LOCAL_BUDGET",
     "ESCROW_STEP_RETRY",
     "ESCROW_STEP_TIMEOUT",
     "EXCHANGE_RESYNC",
@@ -105,6 +106,10 @@ ESCROW_STEP_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
 )
 ESCROW_STEP_TIMEOUT = timedelta(seconds=30)
+# Escrow steps run as local activities first (no task round trip through the server) for this
+# long, retries included; a step still failing then (Postgres away) is handed to a regular
+# activity, whose retries the server keeps without growing the workflow's history.
+ESCROW_LOCAL_BUDGET = timedelta(minutes=1)
 
 # A payout transfer is retried with the same idempotency key (the provider answers a repeat
 # with the original transfer) until it is confirmed or refused for good.
