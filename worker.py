@@ -54,8 +54,8 @@ from core.realtime import connect_redis
 from core.settings import Settings
 from relays.alerts import AlertRelay
 from relays.deliveries import DeliveryRelay
-from relays.exchange import ExchangeRelay
 from relays.inbox import InboxRelay
+from relays.workflow_starts import WorkflowStartRelay
 from workflows.delivery import DeliveryLaneWorkflow
 from workflows.escalation import EscalationWorkflow
 from workflows.escrow import EscrowWorkflow
@@ -246,7 +246,7 @@ async def running_workers(
                 InboxRelay(pool, client, settings),
                 DeliveryRelay(pool, client, settings),
                 AlertRelay(pool, client, settings, policy),
-                ExchangeRelay(pool, client, settings),
+                WorkflowStartRelay(pool, client, settings),
             ):
                 task = asyncio.create_task(relay.run(), name=type(relay).__name__)
                 stack.push_async_callback(_cancel, task)

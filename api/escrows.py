@@ -6,8 +6,11 @@ escrow's workflow.
 Creating, releasing and refunding wait up to ``SWITCHBOARD_ESCROW_WAIT_SECONDS`` for the outcome:
 in time, the answer is the escrow in its outcome (``201`` created, ``200`` released or
 refunded); otherwise ``202`` with the escrow's URL in ``Location``, never a 5xx for a slow
-engine. A repeat with the same key runs nothing again (the first request's effect is the only
-one) and answers with the same escrow as it is now, ``Idempotent-Replayed: true``.
+engine. An escrow created while Temporal is unreachable is answered ``202`` at once, and its saga
+is started by the worker's relay once Temporal is back (:mod:`core.workflow_starts`); a release
+or refund then is a ``503`` problem (nothing changed; retry with the same key). A repeat with
+the same key runs nothing again (the first request's effect is the only one) and answers with
+the same escrow as it is now, ``Idempotent-Replayed: true``.
 """
 
 from __future__ import annotations
@@ -23,12 +26,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from temporalio.client import (
     Client,
+    RPCTimeoutOrCancelledError,
     WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import OPERATOR_PROBLEMS, Config, Pool, Read, Temporal, single_valued_query
@@ -45,18 +47,17 @@ from api.schemas import (
 )
 from core import escrow
 from core.contracts import (
-    ESCROW_ID,
     ESCROW_REFUSED,
-    MERCHANT_ID,
-    EscrowInput,
     EscrowRequest,
     EscrowSource,
     EscrowStatus,
     escrow_workflow_id,
 )
 from core.db import Connection
-from core.errors import EscrowConflict, Unavailable
+from core.errors import EscrowConflict, WorkflowEngineUnavailable
+from core.escrow_workflow import ESCROWS
 from core.settings import Settings
+from core.workflow_starts import start_and_mark, unstarted
 
 __all__ = ["router"]
 
@@ -73,6 +74,8 @@ EscrowPath = Annotated[str, Path(pattern=r"^esc_[0-9a-f]{32}$")]
 _FUNDING = (EscrowStatus.CREATED, EscrowStatus.FUNDING)
 _HELD = (EscrowStatus.FUNDED, EscrowStatus.RELEASE_FAILED)
 _UNDER_WAY = (EscrowStatus.RELEASING, EscrowStatus.REFUNDING)
+ENGINE_TIMEOUT_SECONDS = 5.0
+"""Bounds a release's or refund's hand-over to the workflow, the SDK's retries included."""
 
 
 class _Accepted(BaseModel):
@@ -118,9 +121,11 @@ async def create_escrow(
     if answer.status_code != 202:
         return answer
     escrow_id = json.loads(bytes(answer.body))["id"]
-    # Started after the row committed, by every answer to the key: a start lost with a crash
-    # is made by the client's retry (the workflow id makes it once).
-    await _start(temporal, pool, settings, escrow_id)
+    # Started after the row committed (a replay retries a start not marked yet); a start that
+    # cannot get through is the relay's to make, and the caller need not wait for it.
+    row = await unstarted(pool, ESCROWS, escrow_id)
+    if row is not None and not await start_and_mark(temporal, pool, settings, ESCROWS, row):
+        return await _answer(pool, escrow_id, answer, done=201, pending=_FUNDING)
     await _wait(temporal, escrow_id, "funding_outcome", None, settings.escrow_wait_seconds)
     return await _answer(pool, escrow_id, answer, done=201, pending=_FUNDING)
 
@@ -153,7 +158,10 @@ async def list_escrows(
 _CHANGE = problems(
     404,
     *IDEMPOTENCY_PROBLEMS,
+    503,
     why={
+        503: "The workflow engine cannot be reached (type /problems/workflow-engine-unavailable):"
+        " nothing changed; retry with the same Idempotency-Key after Retry-After.",
         404: "No such escrow.",
         409: "The escrow is not funded (or held in release_failed): still funding, failed, "
         "released, refunded, or another release or refund under way (type "
@@ -217,9 +225,10 @@ async def _change(
             raise EscrowConflict(f"escrow {escrow_id} is {row['status']}: it cannot be {action}ed")
         handle = temporal.get_workflow_handle(escrow_workflow_id(escrow_id))
         try:
-            await handle.start_update(
-                action, request, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
-            )
+            async with asyncio.timeout(ENGINE_TIMEOUT_SECONDS):
+                await handle.start_update(
+                    action, request, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+                )
         except WorkflowUpdateFailedError as error:
             cause = error.cause
             if isinstance(cause, ApplicationError) and cause.type == ESCROW_REFUSED:
@@ -229,9 +238,9 @@ async def _change(
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise EscrowConflict(f"escrow {escrow_id} has ended") from None
             # Not an answer to store: the key is released and the client retries.
-            raise Unavailable(
-                f"the escrow's workflow cannot be reached: {error}", retry_after=2
-            ) from None
+            raise _unreachable(error) from None
+        except (RuntimeError, TimeoutError, RPCTimeoutOrCancelledError) as error:
+            raise _unreachable(error) from None
         return 202, _Accepted(id=escrow_id)
 
     answer = await once.run(body, work)
@@ -241,44 +250,13 @@ async def _change(
     return await _answer(pool, escrow_id, answer, done=200, pending=_UNDER_WAY)
 
 
-async def _start(temporal: Client, pool: asyncpg.Pool, settings: Settings, escrow_id: str) -> None:
-    """Start the escrow's workflow unless it exists (or existed); an unreachable engine only
-    delays it (the caller gets 202, and a retry starts it)."""
-    async with pool.acquire() as conn:
-        row = await escrow.show(conn, escrow_id)
-        sources = await escrow.sources(conn, escrow_id)
-    saga = EscrowInput(
-        escrow_id=escrow_id,
-        merchant_id=row["merchant_id"],
-        currency=row["currency"],
-        amount=row["amount"],
-        sources=[EscrowSource(s.wallet_id, s.amount) for s in sources],
-        beneficiary_wallet=row["beneficiary_wallet"],
-        beneficiary_account=row["beneficiary_account"],
-        reference=row["reference"],
-        expires_at=row["expires_at"].isoformat(),
-        actor=row["created_by"],
-        created_event_id=escrow.event_id(escrow_id, 1),
-        compensation_alert_seconds=settings.escrow_compensation_alert_seconds,
+def _unreachable(error: Exception) -> WorkflowEngineUnavailable:
+    # A lazy client that never reached the server raises RuntimeError("Failed client connect").
+    log.warning("the escrow's workflow cannot be reached: %r", error)
+    return WorkflowEngineUnavailable(
+        "the workflow engine cannot be reached right now: nothing changed; retry with the same"
+        " Idempotency-Key"
     )
-    try:
-        await temporal.start_workflow(
-            "EscrowWorkflow",
-            saga,
-            id=escrow_workflow_id(escrow_id),
-            task_queue=settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(MERCHANT_ID, row["merchant_id"]),
-                    SearchAttributePair(ESCROW_ID, escrow_id),
-                ]
-            ),
-        )
-    except WorkflowAlreadyStartedError:
-        pass
-    except RPCError as error:
-        log.warning("escrow %s: workflow not started yet: %s", escrow_id, error)
 
 
 async def _wait(
@@ -305,8 +283,9 @@ async def _wait(
         if update_id is not None and error.status == RPCStatusCode.NOT_FOUND:
             raise EscrowConflict(f"escrow {escrow_id} refused this {update}") from None
         log.warning("escrow %s: no answer to %s yet: %s", escrow_id, update, error)
-    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-        # The SDK turns the deadline's cancellation of its update call into its own error.
+    except RuntimeError as error:  # the engine unreachable before the client ever connected
+        log.warning("escrow %s: no answer to %s yet: %r", escrow_id, update, error)
+    except TimeoutError:
         pass
 
 

@@ -13,8 +13,9 @@ fingerprint is the method, path, query, validated body and a hash of the caller'
 * A repeat while the first is still running is a 409 problem
   (``/problems/idempotency-key-in-use``, ``Retry-After: 1``): safe to retry.
 * Requests refused before they run (validation, auth) are not stored. One that fails
-  unexpectedly (a 5xx, Postgres gone) rolled its effect back, so its key is released for a retry;
-  if the process died instead, the key is free again after :data:`LEASE_SECONDS`.
+  unexpectedly or is refused with a 5xx (Postgres gone, Temporal unreachable) rolled its effect
+  back, so its key is released for a retry; if the process died instead, the key is free again
+  after :data:`LEASE_SECONDS`.
 
 So concurrent requests with one key run once. Expired keys are taken over by a new request and
 purged a few at a time by each new claim.
@@ -168,16 +169,16 @@ async def idempotent(
         except _LeaseLost:
             return _in_use(key)
         except OperatorError as error:
+            if error.status >= 500:  # not an answer: the service could not act right now
+                await _release(conn, key, token)
+                raise
             status, body = error.status, _problem_body(error)
             try:
                 await _finish(conn, key, token, status, body)
             except _LeaseLost:
                 return _in_use(key)
         except BaseException:
-            with contextlib.suppress(*DATABASE_UNREACHABLE):
-                await conn.execute(
-                    "DELETE FROM idempotency_keys WHERE key = $1 AND token = $2", key, token
-                )
+            await _release(conn, key, token)
             raise
     return _response(status, body, replayed=False)
 
@@ -248,6 +249,12 @@ async def _finish(
     )
     if not stored:
         raise _LeaseLost(key)
+
+
+async def _release(conn: Connection, key: str, token: uuid.UUID) -> None:
+    """Free the key this request claimed (its effect rolled back) for a retry."""
+    with contextlib.suppress(*DATABASE_UNREACHABLE):
+        await conn.execute("DELETE FROM idempotency_keys WHERE key = $1 AND token = $2", key, token)
 
 
 async def _purge(conn: Connection) -> None:

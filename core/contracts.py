@@ -26,7 +26,6 @@ __all__ = [
     "ESCROW_REFUSED",
     "ESCROW_TRANSITIONS",
     "EVENT_TYPE",
-    "EXCHANGE_CHANNEL",
     "EXCHANGE_TRANSITIONS",
     "HEALTH_CHECK_ACTIVITY",
     "INBOX_CHANNEL",
@@ -39,6 +38,7 @@ __all__ = [
     "SEARCH_ATTRIBUTES",
     "WEBHOOK_ID",
     "WEBHOOK_TRANSITIONS",
+    "WORKFLOW_STARTS_CHANNEL",
     "ApplyInput",
     "ApplyResult",
     "AttemptInput",
@@ -418,9 +418,9 @@ ALERTS_CHANNEL = "switchboard_alerts"
 """Postgres NOTIFY channel: an alert opened or resolved (the alert relay listens)."""
 
 
-EXCHANGE_CHANNEL = "switchboard_exchange"
-"""Postgres NOTIFY channel: an exchange request may lack its workflow (the exchange relay
-listens)."""
+WORKFLOW_STARTS_CHANNEL = "switchboard_workflow_starts"
+"""Postgres NOTIFY channel: a row (an exchange request, an escrow) may lack its workflow (the
+workflow starts relay listens)."""
 
 
 def merchant_channel(merchant_id: str) -> str:

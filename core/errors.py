@@ -32,6 +32,8 @@
       the caller) for this change; names its status and assignee (the winner of a lost claim).
     * :class:`ReplicaUnavailable` (503) — the read replica behind a dashboard read cannot answer
       right now; retry after ``Retry-After``.
+    * :class:`WorkflowEngineUnavailable` (503) — Temporal cannot be reached for a change that
+      must go through a workflow (an escrow's release or refund); retry after ``Retry-After``.
 
   * :class:`InvalidDashboardToken` — a dashboard token is missing, malformed, forged, expired or
     not meant for the gateway (the gateway closes with 1008; the api answers 401).
@@ -71,6 +73,7 @@ __all__ = [
     "UnsupportedMediaType",
     "WalletClosed",
     "WebhookIdConflict",
+    "WorkflowEngineUnavailable",
 ]
 
 
@@ -226,6 +229,20 @@ class ReplicaUnavailable(OperatorError):
     @property
     def problem_type(self) -> str:
         return "/problems/read-replica-unavailable"
+
+
+class WorkflowEngineUnavailable(OperatorError):
+    """Temporal did not answer a change that only a workflow may make (an escrow's release or
+    refund): nothing was changed, the request is safe to retry with the same key."""
+
+    retry_after = 2
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, detail)
+
+    @property
+    def problem_type(self) -> str:
+        return "/problems/workflow-engine-unavailable"
 
 
 class InvalidDashboardToken(SwitchboardError):

@@ -1,38 +1,28 @@
 """Starting and telling an exchange request's workflow, from the api and from the worker's relay.
 
 The api commits a request (or a transition) first and only then talks to Temporal, in the
-background: neither a create nor a claim waits for it. Starting is idempotent (the workflow id
-is the request's; a repeat start finds the run, running or closed) and is marked in Postgres
-(``workflow_started_at``) once it returned. A request still unmarked is started by the worker's
-exchange relay (``relays/exchange.py``), so Temporal being away at create time, or the api
-dying between commit and start, leaves no acknowledged request without its workflow. A lost
-signal costs only time: the workflow's timers re-read Postgres before they act.
+background: neither a create nor a claim waits for it. The start is :data:`EXCHANGE_REQUESTS`, a
+kind of :mod:`core.workflow_starts`: idempotent, marked in ``workflow_started_at`` once it
+returned, and made by the worker's relay for any request left unmarked (Temporal away at create
+time, or the api dying between commit and start). A lost signal costs only time: the workflow's
+timers re-read Postgres before they act.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.common import (
-    Priority as TemporalPriority,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import (
     ENTITY_ID,
-    EXCHANGE_CHANNEL,
     MERCHANT_ID,
     ExchangeState,
     ExchangeStatus,
@@ -41,13 +31,13 @@ from core.contracts import (
     exchange_workflow_id,
 )
 from core.settings import Settings
+from core.workflow_starts import WorkflowKind, start_and_mark
 
 __all__ = [
     "CHANGED_SIGNAL",
+    "EXCHANGE_REQUESTS",
     "WORKFLOW_NAME",
     "ExchangeWorkflows",
-    "mark_started",
-    "start_workflow",
     "state_of",
 ]
 
@@ -70,41 +60,33 @@ def state_of(row: asyncpg.Record, age_seconds: float = 0.0) -> ExchangeState:
     )
 
 
-async def start_workflow(client: Client, settings: Settings, row: asyncpg.Record) -> None:
-    """Start the request's workflow unless it was started before (running or finished)."""
-    # A closed run with this id (it ran and finished) raises: started once is what counts.
-    with contextlib.suppress(WorkflowAlreadyStartedError):
-        await client.start_workflow(
-            WORKFLOW_NAME,
-            ExchangeWorkflowInput(
-                request_id=row["id"],
-                merchant_id=row["merchant_id"],
-                pending_sla_seconds=settings.exchange_pending_sla_seconds,
-                assigned_timeout_seconds=settings.exchange_assigned_timeout_seconds,
-            ),
-            id=exchange_workflow_id(row["id"]),
-            task_queue=settings.exchange_task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(MERCHANT_ID, row["merchant_id"]),
-                    SearchAttributePair(ENTITY_ID, row["id"]),
-                ]
-            ),
-            static_summary=f"exchange request {row['id']} · {row['merchant_id']}",
-            priority=TemporalPriority(priority_key=Priority.MONEY),
-            rpc_timeout=RPC_TIMEOUT,
-        )
-
-
-async def mark_started(pool: asyncpg.Pool, request_ids: Sequence[str]) -> None:
-    """Record that these requests' workflows were started (not a transition: no audit)."""
-    await pool.execute(
-        "UPDATE exchange_requests SET workflow_started_at = clock_timestamp()"
-        " WHERE id = ANY($1::text[]) AND workflow_started_at IS NULL",
-        list(request_ids),
+async def _workflow_input(
+    _: asyncpg.Pool, settings: Settings, row: asyncpg.Record
+) -> ExchangeWorkflowInput:
+    return ExchangeWorkflowInput(
+        request_id=row["id"],
+        merchant_id=row["merchant_id"],
+        pending_sla_seconds=settings.exchange_pending_sla_seconds,
+        assigned_timeout_seconds=settings.exchange_assigned_timeout_seconds,
     )
+
+
+EXCHANGE_REQUESTS = WorkflowKind(
+    name="exchange request",
+    table="exchange_requests",
+    columns="id, merchant_id",
+    workflow=WORKFLOW_NAME,
+    workflow_id=exchange_workflow_id,
+    task_queue=lambda settings: settings.exchange_task_queue,
+    arguments=_workflow_input,
+    search_attributes=lambda row: [
+        SearchAttributePair(MERCHANT_ID, row["merchant_id"]),
+        SearchAttributePair(ENTITY_ID, row["id"]),
+    ],
+    summary=lambda row: f"exchange request {row['id']} · {row['merchant_id']}",
+    priority=Priority.MONEY,
+)
+"""Each exchange request owns one :class:`workflows.exchange.ExchangeRequestWorkflow`."""
 
 
 class ExchangeWorkflows:
@@ -137,16 +119,7 @@ class ExchangeWorkflows:
         task.add_done_callback(self._tasks.discard)
 
     async def _start(self, row: asyncpg.Record) -> None:
-        try:
-            async with asyncio.timeout(BACKGROUND_TIMEOUT_SECONDS):
-                await start_workflow(self._client, self._settings, row)
-            await mark_started(self._pool, [row["id"]])
-        except Exception as error:
-            log.warning("could not start the workflow of %s (the relay will): %r", row["id"], error)
-            try:
-                await self._pool.execute("SELECT pg_notify($1, '')", EXCHANGE_CHANNEL)
-            except Exception as notify_error:
-                log.warning("could not wake the exchange relay: %r", notify_error)
+        await start_and_mark(self._client, self._pool, self._settings, EXCHANGE_REQUESTS, row)
 
     async def _signal(self, row: asyncpg.Record) -> None:
         handle = self._client.get_workflow_handle(exchange_workflow_id(row["id"]))
