@@ -8,7 +8,8 @@
   balance totals) and its events, as one consistent snapshot at ``head_seq``, from the read
   replica when one is set (saying how fresh it is); it accepts an API key with ``read`` or a
   dashboard token for that merchant.
-* ``GET /dashboard`` serves the page (``api/templates/dashboard.html`` and ``api/static/``).
+* ``GET /dashboard`` serves the page (``api/templates/dashboard.html`` and ``api/static/``), and
+  ``GET /dashboard/desk`` the exchange desk (``api/templates/desk.html``).
 """
 
 from __future__ import annotations
@@ -245,14 +246,26 @@ async def sync(
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
 async def dashboard_page(settings: Config) -> HTMLResponse:
-    """The live dashboard (merchant view and operator view)."""
+    """The live dashboard (merchant view, escrows and operator view)."""
+    return _page("dashboard.html", settings)
+
+
+@router.get("/dashboard/desk", response_class=HTMLResponse, include_in_schema=False)
+async def desk_page(settings: Config) -> HTMLResponse:
+    """The exchange desk: the live queue with Claim, my requests, timelines, aggregates."""
+    return _page("desk.html", settings)
+
+
+def _page(template: str, settings: Settings) -> HTMLResponse:
+    """A dashboard page: API keys are typed into it (never put in its URL), and it may talk
+    only to the api and the gateway."""
     dev_key = (
         DEV_ADMIN_API_KEY
         if settings.environment == "development"
         and settings.admin_api_key.get_secret_value() == DEV_ADMIN_API_KEY
         else ""
     )
-    page = _templates.get_template("dashboard.html").render(
+    page = _templates.get_template(template).render(
         config={
             "temporalUiUrl": settings.temporal_ui_url,
             "temporalNamespace": settings.temporal_namespace,

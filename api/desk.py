@@ -1,5 +1,6 @@
 """The operator desk's aggregates (``GET /v1/desk/stats``): the exchange request queue by status,
-volumes by currency and the average handling time over a window.
+volumes by currency and the average handling time over a window; and who an API key works the
+desk as (``GET /v1/desk/operator``), for the desk page's "my requests".
 
 Aggregates are what a page shows, never what a decision reads, so they come from the read pool
 (the replica when ``SWITCHBOARD_DATABASE_READ_URL`` is set), as one snapshot that says how fresh
@@ -14,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
+from api.auth import Operator
 from api.deps import OPERATOR_PROBLEMS, Read, Reads, single_valued_query
 from api.problems import problems
 from api.schemas import FreshRead
@@ -55,6 +57,22 @@ class DeskStats(FreshRead):
     )
     volumes: list[CurrencyVolume] = Field(description="By currency, alphabetically.")
     handling: Handling
+
+
+class DeskOperator(BaseModel):
+    actor: str = Field(description="Who the API key acts as: the assignee its claims name.")
+    can_work: bool = Field(
+        description="The key has the replay scope: it may claim, advance and release requests."
+    )
+    admin: bool = Field(description="The key has the admin scope: it may reassign requests.")
+
+
+@router.get("/operator", response_model=DeskOperator)
+async def desk_operator(operator: Annotated[Operator, Read]) -> DeskOperator:
+    """Who the calling API key works the desk as, and what it may do there."""
+    return DeskOperator(
+        actor=operator.actor, can_work="replay" in operator.scopes, admin="admin" in operator.scopes
+    )
 
 
 @router.get(
