@@ -7,7 +7,7 @@ import { $, Feed, el, money, operatorApi } from "./live.js";
 
 const config = JSON.parse(document.getElementById("sb-config").textContent);
 const STATS_EVERY_MS = 5000;
-const LAGGING_SECONDS = 2;   // a read older than this says "data as of …"
+const STATS_AFTER_EVENT_MS = 1000;  // the desk moved: read the aggregates again, at most this often
 const ACTIVITY_SHOWN = 50;
 const NEXT_STEPS = {         // what the assignee may do in each status (core/exchange.py)
   assigned: [["processing", "Start processing"], ["release", "Release"]],
@@ -25,6 +25,7 @@ const state = {
   paintQueued: false,
   timeline: null,        // {id, steps} of the open drawer
   statsTimer: null,
+  statsSoon: null,
 };
 window.switchboard = {   // for tests and the curious: read-only views of the page state
   connState: () => state.connState,
@@ -96,6 +97,7 @@ function onEvent(event) {
   state.activity.length = Math.min(state.activity.length, ACTIVITY_SHOWN);
   if (state.timeline?.id === request.id) extendTimeline(request, { from_state: from, to_state: to, actor, reason, at: event.occurred_at });
   paintSoon();
+  state.statsSoon ??= setTimeout(() => { state.statsSoon = null; refreshStats(); }, STATS_AFTER_EVENT_MS);
 }
 
 // -- painting: at most once per animation frame -------------------------------------------
@@ -183,7 +185,6 @@ async function work(id, step, button) {
     for (const b of button.parentElement.querySelectorAll("button")) b.disabled = false;
   }
   paintSoon();
-  refreshStats();
 }
 
 // -- timeline drawer -----------------------------------------------------------------------
@@ -235,13 +236,14 @@ async function refreshStats() {
       kpi("Assigned", stats.queue.assigned, `${stats.queue.processing} processing`),
       kpi("Completed", stats.handling.completed, avg === null ? "no handling time yet" : `${avg.toFixed(1)} s on average`),
       ...stats.volumes.map((v) => kpi(`Volume ${v.currency}`, money(v.completed_amount, v.currency), `${v.completed} completed · ${v.created} created`)));
-    const lagging = stats.as_of === null || stats.replica_lag_seconds > LAGGING_SECONDS;
+    // 0 means caught up (or the primary); otherwise the lag is an upper bound, or unknown.
+    const lagging = stats.replica_lag_seconds !== 0;
     const freshness = $("desk-freshness");
     freshness.hidden = !lagging;
     freshness.dataset.lag = stats.replica_lag_seconds ?? "";
     freshness.textContent = stats.as_of === null
       ? "Aggregates: the replica cannot tell yet how fresh its data is."
-      : `Aggregates: data as of ${new Date(stats.as_of).toLocaleTimeString()} (${Math.round(stats.replica_lag_seconds)} s behind); the queue itself is live.`;
+      : `Aggregates: data as of ${new Date(stats.as_of).toLocaleTimeString()} (at most ${Math.ceil(stats.replica_lag_seconds)} s behind); the queue itself is live.`;
   } catch (error) {
     $("desk-kpis").replaceChildren(kpi("Aggregates", "unavailable", error.message));
   }

@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from playwright.async_api import async_playwright, expect
 
 from api.auth import create_api_key
 from core.db import connect_pool
@@ -296,6 +297,55 @@ async def test_the_page_loads_from_a_lagging_replica_and_its_feed_fills_in_the_r
             assert await page.evaluate("window.switchboard.syncs()") == 1
             assert await page.evaluate("window.switchboard.seqs()") == list(range(1, 8))
             assert errors == []
+
+
+async def test_the_desk_page_says_how_old_its_aggregates_are_while_its_queue_is_live(
+    replicated: ReplicatedApi, chromium: str
+) -> None:
+    """In headless Chromium, with replay paused: a new request shows in the desk's live queue
+    (primary and feed) while the aggregates, read on the replica, still count the old queue and
+    say "data as of …"; resumed, they catch up and the line goes."""
+    api = replicated
+    merchant = await new_merchant(api.primary)
+
+    async def caught_up() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await api.http.get("/v1/desk/stats")).json()
+        return body if body["replica_lag_seconds"] == 0 else None
+
+    before = (await wait_for(caught_up, timeout=10, what="the replica to catch up"))["queue"]
+    gateway_port = free_port()
+    settings = api.settings.model_copy(
+        update={"gateway_public_url": f"ws://127.0.0.1:{gateway_port}"}
+    )
+    async with contextlib.AsyncExitStack() as exits:
+        api_url = await exits.enter_async_context(running_api(settings))
+        gateway_settings = settings.model_copy(update={"gateway_allowed_origins": [api_url]})
+        await exits.enter_async_context(
+            running_gateway(gateway_settings, api.primary, gateway_port)
+        )
+        playwright = await exits.enter_async_context(async_playwright())
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        exits.push_async_callback(browser.close)
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(f"{api_url}/dashboard/desk")
+        await page.fill("#api-key", DEV_ADMIN_API_KEY)
+        await page.click("button[type=submit]")
+        await page.wait_for_function("() => window.switchboard.connState() === 'live'")
+        pending = page.locator("#desk-kpis .kpi").first.locator(".value")
+        await expect(pending).to_have_text(str(before["pending"]))
+        await expect(page.locator("#desk-freshness")).to_be_hidden()
+        with paused(api.replica):
+            request_id = await create_request(api, merchant, 700, "EUR")
+            await expect(page.locator(f"#queue tr[data-request='{request_id}']")).to_be_visible()
+            freshness = page.locator("#desk-freshness")
+            await expect(freshness).to_contain_text("data as of", timeout=15_000)
+            await expect(freshness).to_be_visible()
+            await expect(pending).to_have_text(str(before["pending"]))
+        await expect(pending).to_have_text(str(before["pending"] + 1), timeout=15_000)
+        await expect(page.locator("#desk-freshness")).to_be_hidden()
+        assert errors == []
 
 
 async def assert_wallet_moves_decide_on_the_primary(api: ReplicatedApi, merchant: str) -> None:
