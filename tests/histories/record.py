@@ -1,30 +1,41 @@
-"""Record one history per path through :class:`WebhookWorkflow` and :class:`DeliveryLaneWorkflow`
-into ``tests/histories/``.
+"""Record one history per path through :class:`WebhookWorkflow`, :class:`DeliveryLaneWorkflow`
+and :class:`EscrowWorkflow` into ``tests/histories/``.
 
-Run ``./run python -m tests.histories.record`` after changing a workflow *on purpose* (and then
-guard old runs with ``workflow.patched``); ``tests/workflows/test_replay.py`` replays these files
-with the current code so an accidental non-deterministic change fails CI.
+Run ``./run python -m tests.histories.record`` (or ``… record escrows`` for the escrow histories
+alone) after changing a workflow *on purpose* (and then guard old runs with ``workflow.patched``,
+see the README here); ``tests/workflows/test_replay.py`` replays these files with the current
+code so an accidental non-deterministic change fails CI.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import tempfile
 import uuid
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 from temporalio.client import Client
 
-from core.contracts import SEARCH_ATTRIBUTES, delivery_lane_workflow_id, webhook_workflow_id
+from core.contracts import (
+    SEARCH_ATTRIBUTES,
+    delivery_lane_workflow_id,
+    escrow_workflow_id,
+    webhook_workflow_id,
+)
 from core.settings import Settings
+from devstack.payout_sink import PayoutSink
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.redis import EmbeddedRedis
 from devstack.temporal import TemporalDevServer
+from tests.escrow.support import escrow_body, keyed, wallets
 from tests.outbound.stub import Answer, StubMerchant
 from tests.support import (
     Partner,
@@ -40,8 +51,12 @@ HERE = Path(__file__).parent
 log = logging.getLogger("record")
 
 
-async def record(scratch: Path) -> None:
+GROUPS = ("webhooks", "escrows")
+
+
+async def record(scratch: Path, groups: tuple[str, ...] = GROUPS) -> None:
     with (
+        PayoutSink(free_port()) as payout_sink,
         EmbeddedPostgres(scratch / "pg", free_port()) as postgres,
         EmbeddedRedis(scratch / "redis", free_port()) as redis_server,
         TemporalDevServer(
@@ -61,6 +76,7 @@ async def record(scratch: Path) -> None:
             delivery_task_queue=f"record-dq-{uuid.uuid4().hex[:6]}",
             delivery_allow_networks="127.0.0.1/32",
             delivery_retry_schedule=[0, 0.2, 0.2],
+            payout_base_url=payout_sink.url,
         )
         client = await Client.connect(temporal.address)
         async with (
@@ -70,45 +86,57 @@ async def record(scratch: Path) -> None:
             running_worker(settings, client, pool, redis),
             StubMerchant().running() as stub,
         ):
-            partner = await add_partner(pool, http)
-            common = {"merchant_id": "m_rec", "currency": "EUR"}
-
-            async def send(name: str, event_type: str, **data: object) -> str:
-                body = partner.envelope(event_type, **common, **data)
-                response = await partner.post(body, webhook_id=f"msg_{name}")
-                assert response.status_code == 202, response.text
-                return webhook_workflow_id(partner.id, f"msg_{name}")
-
-            scenarios = {
-                "refund_waits_then_woken": await send(
-                    "refund_first", "refund.succeeded", refund_id="r1", payment_id="p1", amount=1
-                ),
-            }
-
-            async def refund_waiting() -> bool:
-                return bool(await pool.fetchval("SELECT 1 FROM webhooks WHERE status = 'waiting'"))
-
-            await wait_for(refund_waiting, what="the refund to wait")
-            scenarios["payment_applied_wakes_refund"] = await send(
-                "payment", "payment.succeeded", payment_id="p1", amount=10
-            )
-            scenarios["refund_parked_after_window"] = await send(
-                "orphan", "refund.succeeded", refund_id="r2", payment_id="p_none", amount=1
-            )
-            scenarios["refund_exceeding_dead_lettered"] = await send(
-                "too_much", "refund.succeeded", refund_id="r3", payment_id="p1", amount=100
-            )
-            scenarios["payment_applied_and_published"] = await send(
-                "plain", "payment.succeeded", payment_id="p2", amount=10
-            )
-            scenarios["unknown_type_ignored"] = await send("unknown", "dispute.created", x=1)
-            scenarios.update(await record_lanes(pool, http, partner, stub))
+            scenarios: dict[str, str] = {}
+            if "escrows" in groups:
+                scenarios.update(await record_escrows(pool, http, payout_sink))
+            if "webhooks" in groups:
+                scenarios.update(await record_webhooks(pool, http, stub))
             for name, workflow_id in scenarios.items():
                 handle = client.get_workflow_handle(workflow_id)
                 outcome = await asyncio.wait_for(handle.result(), timeout=60)
                 history = await handle.fetch_history()
                 (HERE / f"{name}.json").write_text(history.to_json())
                 log.warning("%s: %s, %d events", name, outcome, len(history.events))
+
+
+async def record_webhooks(
+    pool: asyncpg.Pool, http: httpx.AsyncClient, stub: StubMerchant
+) -> dict[str, str]:
+    """Webhooks applied, woken, parked, dead-lettered and ignored; then delivery lanes."""
+    partner = await add_partner(pool, http)
+    common = {"merchant_id": "m_rec", "currency": "EUR"}
+
+    async def send(name: str, event_type: str, **data: object) -> str:
+        body = partner.envelope(event_type, **common, **data)
+        response = await partner.post(body, webhook_id=f"msg_{name}")
+        assert response.status_code == 202, response.text
+        return webhook_workflow_id(partner.id, f"msg_{name}")
+
+    scenarios = {
+        "refund_waits_then_woken": await send(
+            "refund_first", "refund.succeeded", refund_id="r1", payment_id="p1", amount=1
+        ),
+    }
+
+    async def refund_waiting() -> bool:
+        return bool(await pool.fetchval("SELECT 1 FROM webhooks WHERE status = 'waiting'"))
+
+    await wait_for(refund_waiting, what="the refund to wait")
+    scenarios["payment_applied_wakes_refund"] = await send(
+        "payment", "payment.succeeded", payment_id="p1", amount=10
+    )
+    scenarios["refund_parked_after_window"] = await send(
+        "orphan", "refund.succeeded", refund_id="r2", payment_id="p_none", amount=1
+    )
+    scenarios["refund_exceeding_dead_lettered"] = await send(
+        "too_much", "refund.succeeded", refund_id="r3", payment_id="p1", amount=100
+    )
+    scenarios["payment_applied_and_published"] = await send(
+        "plain", "payment.succeeded", payment_id="p2", amount=10
+    )
+    scenarios["unknown_type_ignored"] = await send("unknown", "dispute.created", x=1)
+    scenarios.update(await record_lanes(pool, http, partner, stub))
+    return scenarios
 
 
 async def record_lanes(
@@ -161,9 +189,75 @@ async def record_lanes(
     return lanes
 
 
+async def record_escrows(
+    pool: asyncpg.Pool, http: httpx.AsyncClient, payout_sink: PayoutSink
+) -> dict[str, str]:
+    """Escrows released to a wallet; failed funding compensated; an external release refused,
+    held, then refunded; expired and refunded on the saga's own timer."""
+    merchant, (first, second, poor, winner) = await wallets(http, pool, [60, 40, 5, 0])
+
+    async def create(name: str, body: dict[str, Any], status: str) -> str:
+        created = await http.post("/v1/escrows", json=body, headers=keyed(f"record:{name}"))
+        assert created.is_success, created.text
+        escrow_id: str = created.json()["id"]
+        await wait_for(
+            partial(_is, pool, escrow_id, status), what=f"{name} to be {status}", timeout=30
+        )
+        return escrow_id
+
+    async def order(name: str, escrow_id: str, action: str, status: str) -> None:
+        response = await http.post(
+            f"/v1/escrows/{escrow_id}/{action}", json={}, headers=keyed(f"record:{name}:{action}")
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == status, response.text
+
+    released = await create(
+        "escrow_released_to_wallet",
+        escrow_body(merchant, [(first, 20), (second, 10)], wallet=winner),
+        "funded",
+    )
+    await order("escrow_released_to_wallet", released, "release", "released")
+    failed = await create(
+        "escrow_funding_failed_compensated",
+        escrow_body(merchant, [(first, 10), (poor, 50)], wallet=winner),
+        "failed",
+    )
+    account = f"acct_{uuid.uuid4().hex[:8]}"
+    payout_sink.refuse(account)
+    refused = await create(
+        "escrow_release_refused_then_refunded",
+        escrow_body(merchant, [(second, 10)], account=account),
+        "funded",
+    )
+    await order("escrow_release_refused_then_refunded", refused, "release", "release_failed")
+    await order("escrow_release_refused_then_refunded", refused, "refund", "refunded")
+    expired = await create(
+        "escrow_expired_refunded",
+        escrow_body(merchant, [(first, 5)], wallet=winner, expires_in=timedelta(seconds=3)),
+        "funded",
+    )
+    await wait_for(partial(_is, pool, expired, "refunded"), what="the expiry", timeout=30)
+    return {
+        "escrow_released_to_wallet": escrow_workflow_id(released),
+        "escrow_funding_failed_compensated": escrow_workflow_id(failed),
+        "escrow_release_refused_then_refunded": escrow_workflow_id(refused),
+        "escrow_expired_refunded": escrow_workflow_id(expired),
+    }
+
+
+async def _is(pool: asyncpg.Pool, escrow_id: str, status: str) -> bool:
+    return bool(
+        await pool.fetchval("SELECT status = $2 FROM escrows WHERE id = $1", escrow_id, status)
+    )
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("groups", nargs="*", choices=GROUPS, help="what to record (default: all)")
+    groups = tuple(parser.parse_args().groups) or GROUPS
     with tempfile.TemporaryDirectory() as scratch:
-        asyncio.run(record(Path(scratch)))
+        asyncio.run(record(Path(scratch), groups))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 
 
 def test_every_path_has_a_committed_history() -> None:
-    """Histories cover applied, woken, parked, dead-lettered and ignored webhooks, and delivery
-    lanes that retried, delivered at once, or gave up."""
+    """Histories cover applied, woken, parked, dead-lettered and ignored webhooks; delivery
+    lanes that retried, delivered at once, or gave up; and escrows released to a wallet,
+    failed in funding and compensated, refused at release then refunded, expired and
+    refunded."""
     assert {path.stem for path in HISTORIES} >= {
         "payment_applied_and_published",
         "payment_applied_wakes_refund",
@@ -26,6 +28,10 @@ def test_every_path_has_a_committed_history() -> None:
         "lane_retried_then_delivered",
         "lane_delivered_at_once",
         "lane_exhausted_dead_lettered",
+        "escrow_released_to_wallet",
+        "escrow_funding_failed_compensated",
+        "escrow_release_refused_then_refunded",
+        "escrow_expired_refunded",
     }
 
 
