@@ -22,6 +22,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from api.auth import create_api_key
 from core.settings import Settings
 from devstack.ports import free_port
+from gateway.server import Gateway
 from tests.gateway.support import merchant_id, running_gateway
 from tests.support import fresh_database, running_api, stores
 
@@ -71,6 +72,9 @@ class Desk:
     pool: asyncpg.Pool
     merchant: str
     keys: dict[str, str]  # actor -> API key
+    gateway: Gateway
+    gateway_settings: Settings
+    gateway_port: int
 
 
 @pytest_asyncio.fixture
@@ -90,7 +94,9 @@ async def desk(
         pool, _ = await exits.enter_async_context(stores(settings))
         api_url = await exits.enter_async_context(running_api(settings))
         gateway_settings = settings.model_copy(update={"gateway_allowed_origins": [api_url]})
-        await exits.enter_async_context(running_gateway(gateway_settings, pool, gateway_port))
+        gateway = await exits.enter_async_context(
+            running_gateway(gateway_settings, pool, gateway_port)
+        )
         headers = {"authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"}
         http = await exits.enter_async_context(
             httpx.AsyncClient(base_url=api_url, headers=headers, timeout=10)
@@ -102,7 +108,7 @@ async def desk(
             for name in ("ops-alice", "ops-bob"):
                 key_id, key = await create_api_key(conn, name, ["read", "replay"])
                 keys[f"api-key:{key_id}:{name}"] = key
-        yield Desk(api_url, http, pool, merchant, keys)
+        yield Desk(api_url, http, pool, merchant, keys, gateway, gateway_settings, gateway_port)
 
 
 async def _create(desk: Desk, amount: int) -> str:
@@ -266,6 +272,61 @@ async def test_two_operators_claim_at_once_one_wins_and_both_pages_show_it_live(
                 await expect(page.locator(second_claim)).to_be_enabled(timeout=UI_TIMEOUT)
                 await expect(page.locator("#desk-kpis")).to_contain_text("Pending")
                 await expect(page.locator("#desk-freshness")).to_be_hidden()
+        finally:
+            await browser.close()
+    assert errors == []
+
+
+async def test_the_desk_resumes_after_a_gateway_restart_and_rereads_when_too_far_behind(
+    desk: Desk, chromium: str
+) -> None:
+    """In headless Chromium: a claim made while the gateway was down shows once it is back, from
+    the feed's replay (the queue is not read again); back after missing more than the gateway
+    replays, the page is closed with 3010 and reads the queue again. Never a reload."""
+    actor, key = next(iter(desk.keys.items()))
+    errors: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = await _desk_page(browser, desk, key, errors)
+            reads: list[str] = []
+            page.on(
+                "request",
+                lambda request: (
+                    reads.append(request.url) if "status=pending" in request.url else None
+                ),
+            )
+            first = await _create(desk, 1_000)
+            row = page.locator(f"#queue tr[data-request='{first}']")
+            await expect(row).to_be_visible(timeout=UI_TIMEOUT)
+            await page.evaluate("() => { window.notReloaded = true; }")
+
+            await desk.gateway.stop()
+            await page.wait_for_function("() => window.switchboard.connState() !== 'live'")
+            assert (await desk.http.post(f"/v1/exchange-requests/{first}/claim")).status_code == 200
+            async with running_gateway(desk.gateway_settings, desk.pool, desk.gateway_port) as back:
+                await expect(row).to_have_count(0, timeout=20_000)
+                await expect(
+                    page.locator(f"#activity li[data-request='{first}'][data-to=assigned]")
+                ).to_contain_text("claimed by api-key:bootstrap")
+                assert reads == [], "resumed from its seq: the queue was not read again"
+                await back.stop()
+            await page.wait_for_function("() => window.switchboard.connState() !== 'live'")
+
+            second, third = await _create(desk, 2_000), await _create(desk, 3_000)  # 4 events
+            capped = desk.gateway_settings.model_copy(update={"gateway_max_replay_events": 2})
+            async with running_gateway(capped, desk.pool, desk.gateway_port):
+                for request_id in (second, third):
+                    await expect(
+                        page.locator(f"#queue tr[data-request='{request_id}']")
+                    ).to_be_visible(timeout=20_000)
+                await page.wait_for_function(
+                    "() => window.switchboard.connState() === 'live'", timeout=UI_TIMEOUT
+                )
+                assert len(reads) == 1, reads
+                assert await page.evaluate("window.switchboard.queue()") == [second, third]
+                assert await page.evaluate("window.notReloaded") is True
+                assert await page.evaluate("window.switchboard.me()") == actor
         finally:
             await browser.close()
     assert errors == []
