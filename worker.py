@@ -173,10 +173,12 @@ def build_oncall_worker(
     )
 
 
-def build_exchange_worker(client: Client, settings: Settings, pool: asyncpg.Pool) -> Worker:
+def build_exchange_worker(
+    client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis
+) -> Worker:
     """The Temporal worker for exchange request workflows (SLA timers, customer emails,
     analytics), on a task queue of its own so a webhook backlog never delays a desk timer."""
-    exchange = ExchangeActivities(pool)
+    exchange = ExchangeActivities(pool, redis)
     return Worker(
         client,
         task_queue=settings.exchange_task_queue,
@@ -238,7 +240,7 @@ async def running_workers(
         await stack.enter_async_context(build_worker(client, settings, pool, redis, stack))
         await stack.enter_async_context(build_delivery_worker(client, settings, pool, stack))
         await stack.enter_async_context(build_oncall_worker(client, settings, pool, policy, stack))
-        await stack.enter_async_context(build_exchange_worker(client, settings, pool))
+        await stack.enter_async_context(build_exchange_worker(client, settings, pool, redis))
         if settings.monitor_schedule:
             await ensure_monitor_schedule(client, settings)
         if relays:

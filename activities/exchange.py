@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.email import format_amount
-from core import exchange
+from core import exchange, feeds
 from core.alerting import Severity, alert_kind
 from core.audit import raise_alert, resolve_alert
 from core.contracts import (
@@ -81,10 +82,12 @@ def _duration(seconds: float) -> str:
 
 
 class ExchangeActivities:
-    """The exchange workflow's steps; the Postgres pool is injected."""
+    """The exchange workflow's steps; the Postgres pool and the Redis client (to publish a
+    release to the gateway's watchers) are injected."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, redis: Redis) -> None:
         self._pool = pool
+        self._redis = redis
 
     @activity.defn(name="exchange_look_up")
     async def look_up(self, request_id: str) -> ExchangeState:
@@ -142,6 +145,7 @@ class ExchangeActivities:
                 row, age = await _read(conn, timer.request_id)
                 return ExchangeTimerResult(state_of(row, age), acted=False)
         activity.logger.info("exchange request %s: %s", timer.request_id, reason)
+        await feeds.publish_events(self._pool, self._redis, exchange.transition_event_ids(released))
         return ExchangeTimerResult(state_of(released), acted=True)
 
     @activity.defn(name="exchange_notify_customer")

@@ -316,7 +316,10 @@ class Settings(BaseSettings):
         20000, ge=1, description="Open connections per instance; 503 above."
     )
     gateway_max_connections_per_merchant: int = Field(
-        50, ge=1, description="Open connections per merchant per instance; 1013 above."
+        50,
+        ge=1,
+        description="Open connections per feed topic (a merchant's, the exchange desk, one"
+        " exchange request) per instance; 1013 above.",
     )
     gateway_client_messages_per_minute: int = Field(
         100, ge=1, description="Messages a client may send per minute after auth; 1008 above."

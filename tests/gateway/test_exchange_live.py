@@ -1,5 +1,6 @@
 """Exchange requests live through the api and the gateway: a claim reaches the operators' desk
-and the request's own watcher, in seq order, within 100 ms of its commit."""
+and the request's own watcher, in seq order, within 100 ms of its commit; so does a release by
+the request's workflow."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ from datetime import datetime
 import asyncpg
 import httpx
 import pytest_asyncio
+from redis.asyncio import Redis
+from temporalio.testing import ActivityEnvironment
 
+from activities.exchange import ExchangeActivities
+from core import exchange
+from core.contracts import ExchangeTimerInput
 from core.feeds import Topic
 from core.settings import Settings
 from devstack.ports import free_port
-from tests.gateway.support import Recorder, merchant_id, running_gateway, ws_url
+from gateway.server import Gateway
+from tests.gateway.support import Recorder, merchant_id, running_gateway, topic_token, ws_url
 from tests.support import running_api
 
 
@@ -98,3 +105,38 @@ async def test_a_claim_reaches_the_desk_and_the_requests_watcher_in_order(
     for client in (watcher, desk_client):
         committed = datetime.fromisoformat(client.events[-1]["occurred_at"]).timestamp()
         assert client.received_at[-1] - committed < 0.1
+
+
+async def test_a_timer_release_reaches_the_watchers(
+    gateway: Gateway, gw_settings: Settings, gw_pool: asyncpg.Pool, gw_redis: Redis
+) -> None:
+    """The workflow's idle-assignment release (an activity, not the api) publishes too: the
+    request's watcher sees it go back to pending right after the claim, in seq order."""
+    merchant = await _merchant(gw_pool)
+    async with gw_pool.acquire() as conn:
+        created = await exchange.create(
+            conn,
+            merchant_id=merchant,
+            customer_id="c-1",
+            from_amount=10_000,
+            from_currency="EUR",
+            to_currency="USDT",
+            quote=None,
+            actor="tests",
+        )
+        claimed = await exchange.claim(conn, created["id"], actor=exchange.Actor("op"))
+    topic = Topic.request(created["id"])
+    watcher = Recorder(ws_url(gateway.port), topic_token(gw_settings, topic), since_seq=0)
+    await watcher.start()
+    await watcher.wait_seq(3)  # created, pending, assigned: replayed from Postgres
+    await watcher.wait_live()
+    activities = ExchangeActivities(gw_pool, gw_redis)
+    timer = ExchangeTimerInput(created["id"], claimed["version"], after_seconds=60)
+    result = await ActivityEnvironment().run(activities.release_idle, timer)
+    assert result.acted
+    await watcher.wait_seq(4, timeout=5)
+    await watcher.stop()
+    watcher.assert_gapless(1, 4)
+    released = watcher.events[-1]
+    assert released["type"] == "exchange_request.pending"
+    assert released["data"]["from"] == "assigned"
