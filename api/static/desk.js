@@ -17,8 +17,9 @@ const NEXT_STEPS = {         // what the assignee may do in each status (core/ex
 const state = {
   apiKey: sessionStorage.getItem("sb.apiKey") || config.devApiKey || "",
   me: null,              // {actor, can_work, admin}: who this key works the desk as
-  requests: new Map(),   // id -> the request as last seen (its version decides)
-  touched: new Map(),    // requests the feed moved since its welcome (they outrank a later read)
+  requests: new Map(),   // id -> every request on the desk (pending, or mine), as last seen
+  versions: new Map(),   // id -> the latest version seen of any request, on the desk or not
+  touched: null,         // while the queue is read: what the feed moved meanwhile (it outranks the read)
   activity: [],          // newest first
   feed: null,
   connState: "idle",
@@ -38,9 +39,10 @@ window.switchboard = {   // for tests and the curious: read-only views of the pa
 const api = operatorApi(() => state.apiKey);
 const enc = encodeURIComponent;
 const byAge = (a, b) => a.updated_at.localeCompare(b.updated_at) || a.id.localeCompare(b.id);
+const isMine = (r) => r.assignee === state.me?.actor && (r.status === "assigned" || r.status === "processing");
+const onDesk = (r) => r.status === "pending" || isMine(r);
 const queue = () => [...state.requests.values()].filter((r) => r.status === "pending").sort(byAge);
-const mine = () => [...state.requests.values()]
-  .filter((r) => r.assignee === state.me?.actor && (r.status === "assigned" || r.status === "processing")).sort(byAge);
+const mine = () => [...state.requests.values()].filter(isMine).sort(byAge);
 
 function setConn(kind, text) {
   state.connState = kind;
@@ -61,38 +63,51 @@ function notice(kind, text, attrs = {}) {
 // -- requests: one map, merged by version ----------------------------------------------------
 
 function merge(request, into = state.requests) {
-  const known = into.get(request.id);
-  if (known && known.version >= request.version) return false;
-  into.set(request.id, request);
-  return true;
+  // A request's version goes up by one per transition: the higher one is the truth, whichever
+  // way it came (the feed, a read, an action's answer). One that leaves the desk (claimed by
+  // someone else, finished) is dropped; its version stays, so a late answer cannot bring it back.
+  if (into !== state.requests) {
+    if (!(into.get(request.id)?.version >= request.version)) into.set(request.id, request);
+    return;
+  }
+  if (state.versions.get(request.id) >= request.version) return;
+  state.versions.set(request.id, request.version);
+  if (onDesk(request)) into.set(request.id, request);
+  else into.delete(request.id);
 }
 
 async function loadRequests() {
-  // After the feed's welcome: whatever commits later arrives on the feed, and what the feed
-  // already moved (touched) outranks an older read of the same request.
-  const who = enc(state.me.actor);
-  const lists = await Promise.all([
-    api("/v1/exchange-requests?status=pending&limit=500"),
-    api(`/v1/exchange-requests?status=assigned&assignee=${who}&limit=500`),
-    api(`/v1/exchange-requests?status=processing&assignee=${who}&limit=500`),
-  ]);
-  const fresh = new Map();
-  for (const { items } of lists) for (const request of items) merge(request, fresh);
-  for (const request of state.touched.values()) merge(request, fresh);
-  state.requests = fresh;
+  // After the feed's welcome: whatever commits later arrives on the feed, and what it moved
+  // while this read was under way (touched) outranks the read.
+  state.touched = new Map();
+  try {
+    const who = enc(state.me.actor);
+    const lists = await Promise.all([
+      api("/v1/exchange-requests?status=pending&limit=500"),
+      api(`/v1/exchange-requests?status=assigned&assignee=${who}&limit=500`),
+      api(`/v1/exchange-requests?status=processing&assignee=${who}&limit=500`),
+    ]);
+    const read = new Map();
+    for (const { items } of lists) for (const request of items) merge(request, read);
+    for (const request of state.touched.values()) merge(request, read);
+    state.requests = new Map();
+    state.versions = new Map();
+    for (const request of read.values()) merge(request);
+  } finally {
+    state.touched = null;
+  }
   paintSoon();
 }
 
 function onWelcome(message, resynced) {
   if (!resynced) return;  // resumed gaplessly: the map is exact
-  state.touched = new Map();
   loadRequests().catch((error) => notice("bad", `Could not read the queue: ${error.message}`));
 }
 
 function onEvent(event) {
   const { request, from, to, actor, reason } = event.data;
   merge(request);
-  merge(request, state.touched);
+  if (state.touched) merge(request, state.touched);
   state.activity.unshift({ id: request.id, event: event.event_id, version: request.version, from, to, actor, reason, at: event.occurred_at, assignee: request.assignee });
   state.activity.length = Math.min(state.activity.length, ACTIVITY_SHOWN);
   if (state.timeline?.id === request.id) extendTimeline(request, { from_state: from, to_state: to, actor, reason, at: event.occurred_at });
@@ -193,12 +208,11 @@ async function showTimeline(id) {
   $("drawer").hidden = false;
   $("drawer-title").textContent = `Timeline · ${id}`;
   $("drawer-body").replaceChildren(el("p", { class: "muted" }, "Loading…"));
-  state.timeline = { id, steps: [] };
+  state.timeline = { id, steps: [], request: null };
   try {
     const detail = await api(`/v1/exchange-requests/${enc(id)}`);
     if (state.timeline?.id !== id) return;
-    state.timeline.steps = detail.timeline;
-    merge(detail);
+    Object.assign(state.timeline, { steps: detail.timeline, request: detail });
     paintTimeline();
   } catch (error) {
     $("drawer-body").replaceChildren(el("p", { class: "error" }, error.message));
@@ -209,13 +223,12 @@ function extendTimeline(request, step) {
   // The timeline holds versions 1..n in order: the next one extends it; a later one means the
   // drawer missed some (it was loading), so read it again.
   const steps = state.timeline.steps;
-  if (request.version === steps.length + 1) { steps.push(step); paintTimeline(); }
+  if (request.version === steps.length + 1) { steps.push(step); state.timeline.request = request; paintTimeline(); }
   else if (request.version > steps.length + 1) showTimeline(request.id);
 }
 
 function paintTimeline() {
-  const { id, steps } = state.timeline;
-  const request = state.requests.get(id);
+  const { steps, request } = state.timeline;
   $("drawer-body").replaceChildren(
     request ? el("p", { class: "muted small" }, `${money(request.from_amount, request.from_currency)} → ${request.to_currency}`,
       ` · ${request.status}${request.assignee ? ` · ${request.assignee}` : ""}`) : "",
