@@ -24,7 +24,7 @@ const state = {
   feed: null,
   connState: "idle",
   paintQueued: false,
-  timeline: null,        // {id, steps} of the open drawer
+  timeline: null,        // {id, steps, request} of the open drawer
   statsTimer: null,
   statsSoon: null,
 };
@@ -125,15 +125,32 @@ function paintSoon() {
 
 function paint() {
   state.paintQueued = false;
+  const version = (r) => `${r.id}.v${r.version}`;
   const pending = queue();
-  $("queue").replaceChildren(...pending.map(queueRow));
+  reconcile($("queue"), pending, version, queueRow);
   $("queue-empty").hidden = pending.length > 0;
   $("queue-count").textContent = pending.length ? `· ${pending.length}` : "";
   const own = mine();
-  $("mine").replaceChildren(...own.map(mineRow));
+  reconcile($("mine"), own, version, mineRow);
   $("mine-empty").hidden = own.length > 0;
   $("mine-count").textContent = own.length ? `· ${own.length}` : "";
-  $("activity").replaceChildren(...state.activity.map(activityItem));
+  reconcile($("activity"), state.activity, (t) => t.event, activityItem);
+}
+
+function reconcile(parent, items, keyOf, render) {
+  // Only what changed is touched: a row whose request did not move stays in place, and with
+  // it the keyboard focus on its buttons.
+  const old = new Map([...parent.children].map((node) => [node.dataset.key, node]));
+  let at = parent.firstElementChild;
+  for (const item of items) {
+    const key = keyOf(item);
+    let node = old.get(key);
+    old.delete(key);
+    if (!node) { node = render(item); node.dataset.key = key; }
+    if (node === at) at = at.nextElementSibling;
+    else parent.insertBefore(node, at);
+  }
+  for (const node of old.values()) node.remove();
 }
 
 function requestCell(r) {

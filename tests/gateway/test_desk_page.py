@@ -272,6 +272,14 @@ async def test_two_operators_claim_at_once_one_wins_and_both_pages_show_it_live(
                 await expect(page.locator(second_claim)).to_be_enabled(timeout=UI_TIMEOUT)
                 await expect(page.locator("#desk-kpis")).to_contain_text("Pending")
                 await expect(page.locator("#desk-freshness")).to_be_hidden()
+
+            # A keyboard user's focus on a Claim button survives the queue moving around it.
+            await pages[winner].locator(second_claim).focus()
+            third = await _create(desk, 5_000)
+            await expect(pages[winner].locator(f"#queue tr[data-request='{third}']")).to_be_visible(
+                timeout=UI_TIMEOUT
+            )
+            await expect(pages[winner].locator(second_claim)).to_be_focused()
         finally:
             await browser.close()
     assert errors == []
