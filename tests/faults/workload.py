@@ -443,6 +443,12 @@ class WorkerProcess:
         assert self._proc is not None
         await self._proc.wait_ready_async(timeout)
 
+    def freeze(self) -> None:
+        """SIGSTOP the worker: it runs nothing more, and whatever it already sent (a COMMIT, a
+        request) completes without it ever reading the answer. :meth:`kill` still ends it."""
+        assert self._proc is not None and self._proc.running, "the worker is not running"
+        self._proc.send_signal(signal.SIGSTOP)
+
     async def kill(self) -> None:
         """SIGKILL the worker (no graceful shutdown at all) and reap it."""
         proc = self._proc
