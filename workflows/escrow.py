@@ -26,7 +26,7 @@ The workflow itself only decides; every read and write is an activity. The Postg
 local activities, so one workflow task runs several of them (funding is one task) without a
 round trip through the server each; a step still failing after ``ESCROW_LOCAL_BUDGET`` (Postgres
 away) goes on as a regular activity, retried by the server until done. The provider's transfer
-is a regular activity.
+is a regular activity, so the workflow task that accepts a release never waits for the provider.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ __all__ = ["EscrowWorkflow"]
 SYSTEM = "switchboard"
 """The actor of the saga's own steps (expiry, compensation)."""
 _FUNDING = (EscrowStatus.CREATED, EscrowStatus.FUNDING)
+STEP_FAILED = (ActivityError, ApplicationError)
+"""How a step fails for good: a regular activity raises ActivityError, a local one (see
+:func:`_cause`) the activity's own ApplicationError."""
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -163,8 +166,12 @@ class EscrowWorkflow:
             *(self._step(EscrowActivities.debit_escrow_source, self._leg(s)) for s in sources),
             return_exceptions=True,
         )
-        debited = [s for s, out in zip(sources, outcomes, strict=True) if not _err(out)]
-        refusals = [_reason(out) for out in outcomes if _err(out)]
+        debited = [
+            s
+            for s, out in zip(sources, outcomes, strict=True)
+            if not isinstance(out, BaseException)
+        ]
+        refusals = [_reason(out) for out in outcomes if isinstance(out, BaseException)]
         return debited, "; ".join(refusals) if refusals else None
 
     async def _return_debits(self, debited: list[EscrowSource]) -> None:
@@ -213,6 +220,8 @@ class EscrowWorkflow:
         transfer_id: str | None = None
         try:
             if self._escrow.beneficiary_account is not None:
+                # A regular activity: the workflow task that accepts the release must end
+                # without waiting for the provider (the api waits for the acceptance).
                 transfer = await workflow.execute_activity(
                     PAYOUT_TRANSFER_ACTIVITY,
                     PayoutTransferInput(
@@ -231,7 +240,7 @@ class EscrowWorkflow:
                 self._escrow.escrow_id, request.actor, request.reason, transfer_id
             )
             await self._step(EscrowActivities.release_escrow, settle)
-        except ActivityError as error:
+        except STEP_FAILED as error:
             refusal = _reason(error)
             await self._move(EscrowStatus.RELEASE_FAILED, SYSTEM, refusal)
             await self._alert(RELEASE_REFUSED.name, f"release refused: {refusal}")
@@ -326,9 +335,9 @@ async def _local_first(
             schedule_to_close_timeout=ESCROW_LOCAL_BUDGET,
             retry_policy=retry,
         )
-    except ActivityError as error:
+    except (*STEP_FAILED, StepTimeout) as error:
         # Out of local budget, the failure is a timeout or the last retryable error.
-        cause = error.cause
+        cause = _cause(error)
         retryable = isinstance(cause, ApplicationError) and not cause.non_retryable
         if not (isinstance(cause, StepTimeout) or retryable):
             raise
@@ -337,13 +346,15 @@ async def _local_first(
     )
 
 
-def _err(outcome: object) -> bool:
-    return isinstance(outcome, BaseException)
+def _cause(error: BaseException) -> BaseException | None:
+    """Why a step failed: a regular activity's failure is an ActivityError with the activity's
+    error as its cause, a local activity's failure is the activity's error itself."""
+    return error.cause if isinstance(error, ActivityError) else error
 
 
-def _reason(error: object) -> str:
+def _reason(error: BaseException) -> str:
     """What a refusal said (the activity's ApplicationError), for the audit log."""
-    cause = error.cause if isinstance(error, ActivityError) else None
+    cause = _cause(error)
     if isinstance(cause, ApplicationError):
         return f"{cause.type}: {cause.message}" if cause.type else cause.message
     return str(error)
