@@ -20,6 +20,10 @@ Each repeat measures:
 * **Create→funded latency** — ``plan.escrow_steady`` escrows due at ``plan.escrow_rate``/s (open
   loop), each from its due time to the answer saying it is funded. Baseline: the no-op workflow's
   start-to-result latency at the same rate (:meth:`NoopWorkflows.round_trips`).
+
+An escrow that is not released is counted by where it stopped (the api's refusing answer, or the
+status it was last seen in); the report's notes then say so, with those escrows' statuses in
+Postgres and in their workflows once the runs are over, and the payout provider's breaker.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,10 +70,12 @@ ADMIN = {"authorization": f"Bearer {DEV_ADMIN_API_KEY}"}
 @dataclass(frozen=True)
 class Life:
     """One escrow's life: when it was funded and released (``perf_counter``); ``None`` if it
-    did not get there."""
+    did not get there, and then ``stopped`` says where (the answer or status it ended on)."""
 
     funded: float | None
     released: float | None
+    escrow_id: str | None = None
+    stopped: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,9 @@ class EscrowRun:
     per_second: float
     latency: Latency
     not_released: int
+    stopped: Counter[str] = field(default_factory=Counter)
+    """Escrows not released, by where they stopped."""
+    stopped_ids: list[str] = field(default_factory=list)
 
 
 async def measure_escrows(h: Harness) -> Section:
@@ -110,7 +120,51 @@ async def measure_escrows(h: Harness) -> Section:
             with progress("restarting the worker with its usual settings"):
                 h.stack.restart_worker({})
             h.meter = CpuMeter(h.stack.pids())
-    return _section(h, pairs, len(sink.transfers()))
+        afterwards = await _afterwards(h, pairs)
+    return _section(h, pairs, len(sink.transfers()), afterwards)
+
+
+async def _afterwards(h: Harness, pairs: Pairs[EscrowRun, EscrowRun]) -> list[str]:
+    """Where the escrows that were not released are now (Postgres, their workflows), and the
+    payout provider's breaker, once the runs are over: what the report says of the misses."""
+    ids = [escrow_id for run in pairs.subject for escrow_id in run.stopped_ids]
+    stopped = sum((run.stopped for run in pairs.subject), Counter[str]())
+    if not stopped:
+        return []
+    async with h.pool.acquire() as conn:
+        statuses = Counter(
+            row["status"]
+            for row in await conn.fetch("SELECT status FROM escrows WHERE id = ANY($1)", ids)
+        )
+        breaker = await conn.fetch(
+            "SELECT base_url, consecutive_failures, circuit_open_until, circuit_trips"
+            " FROM providers"
+        )
+    workflows: Counter[str] = Counter()
+    for escrow_id in ids[:20]:
+        handle = h.temporal.get_workflow_handle(f"escrow:{escrow_id}")
+        try:
+            workflows[str(await handle.query("status"))] += 1
+        except Exception as error:  # a diagnostic: any answer is one
+            workflows[type(error).__name__] += 1
+    return [
+        "Not released, where they stopped (api answers, all runs): "
+        + ", ".join(f"{why}: {n}" for why, n in stopped.most_common())
+        + "; in Postgres after the runs: "
+        + ", ".join(f"{status}: {n}" for status, n in statuses.most_common())
+        + f"; their workflows (first {min(len(ids), 20)} queried): "
+        + ", ".join(f"{status}: {n}" for status, n in workflows.most_common())
+        + "; payout breaker: "
+        + (
+            ", ".join(
+                f"{r['consecutive_failures']} failures, {r['circuit_trips']} trips, open until"
+                f" {r['circuit_open_until']}"
+                for r in breaker
+            )
+            or "never failed"
+        )
+        + "."
+    ]
 
 
 async def _noop_run(h: Harness, noop: NoopWorkflows) -> EscrowRun:
@@ -146,11 +200,18 @@ class _Escrows:
             for o in steady.outcomes
             if o.finished and o.value and o.value.funded and o.value.released
         ]
-        not_released = len(batch.outcomes) - len(released) + _not_released(steady)
+        stopped = _stopped(batch, steady)
         return EscrowRun(
             len(released) / max(released) if released else 0.0,
             Latency.of(funded),
-            not_released,
+            sum(stopped.values()),
+            stopped,
+            [
+                o.value.escrow_id
+                for paced in (batch, steady)
+                for o in paced.outcomes
+                if o.value and o.value.escrow_id and not o.value.released
+            ],
         )
 
     async def batch(self, count: int) -> Paced[Life]:
@@ -184,41 +245,60 @@ class _Escrows:
     async def _life(self, body: dict[str, Any]) -> Life:
         created = await self.http.post("/v1/escrows", json=body, headers=_keyed())
         if created.status_code not in (201, 202):
-            return Life(None, None)
+            return Life(None, None, stopped=f"create answered {_answer(created)}")
         escrow_id = created.json()["id"]
-        funded = await self._reach(created, escrow_id, "funded", ("created", "funding"))
+        funded, seen = await self._reach(created, escrow_id, "funded", ("created", "funding"))
         if funded is None:
-            return Life(None, None)
+            return Life(None, None, escrow_id, f"not funded: {seen}")
         release = await self.http.post(
             f"/v1/escrows/{escrow_id}/release", json={}, headers=_keyed()
         )
         if release.status_code not in (200, 202):
-            return Life(funded, None)
-        released = await self._reach(release, escrow_id, "released", ("funded", "releasing"))
-        return Life(funded, released)
+            return Life(funded, None, escrow_id, f"release answered {_answer(release)}")
+        released, seen = await self._reach(release, escrow_id, "released", ("funded", "releasing"))
+        return Life(funded, released, escrow_id, "" if released else f"not released: {seen}")
 
     async def _reach(
         self, answer: httpx.Response, escrow_id: str, status: str, pending: tuple[str, ...]
-    ) -> float | None:
+    ) -> tuple[float | None, str]:
         """When the escrow was seen in ``status``: at once from the answer, or by polling it
-        while it is ``pending`` (after a 202); ``None`` if it ended elsewhere or took too long."""
+        while it is ``pending`` (after a 202); ``None`` if it ended elsewhere or took too long,
+        with the status it was last seen in."""
         view = answer.json()
         deadline = time.monotonic() + GRACE
         while view["status"] in pending and time.monotonic() < deadline:
             await asyncio.sleep(POLL)
             view = (await self.http.get(f"/v1/escrows/{escrow_id}", headers=ADMIN)).json()
-        return time.perf_counter() if view["status"] == status else None
+        seen = view["status"] if view["status"] not in pending else f"still {view['status']}"
+        return (time.perf_counter() if view["status"] == status else None), seen
+
+
+def _answer(response: httpx.Response) -> str:
+    """A refused answer in a few words: its status and problem type."""
+    try:
+        problem = response.json().get("type", "")
+    except ValueError:
+        problem = ""
+    return f"{response.status_code} {problem.rsplit('/', 1)[-1]}".strip()
 
 
 def _keyed() -> dict[str, str]:
     return {**ADMIN, "Idempotency-Key": str(uuid.uuid4())}
 
 
-def _not_released(paced: Paced[Life]) -> int:
-    return sum(1 for o in paced.outcomes if not (o.finished and o.value and o.value.released))
+def _stopped(*runs: Paced[Life]) -> Counter[str]:
+    """Escrows not released, by where they stopped (cut off: still running at the grace's end)."""
+    return Counter(
+        (o.value.stopped if o.finished and o.value else "cut off")
+        for paced in runs
+        for o in paced.outcomes
+        if not (o.finished and o.value and o.value.released)
+    )
 
 
-def _section(h: Harness, pairs: Pairs[EscrowRun, EscrowRun], transfers: int) -> Section:
+def _section(
+    h: Harness, pairs: Pairs[EscrowRun, EscrowRun], transfers: int, afterwards: list[str]
+) -> Section:
     plan = h.plan
 
     def both(figure: Callable[[EscrowRun], float]) -> tuple[list[float], list[float]]:
@@ -264,6 +344,7 @@ def _section(h: Harness, pairs: Pairs[EscrowRun, EscrowRun], transfers: int) -> 
         "start-to-result latency at the same rate.",
         f"The payout sink recorded {transfers:,} transfers over the whole benchmark (warm-up "
         "included).",
+        *afterwards,
     ]
     return Section(
         title="Escrows end to end — two sources each, released to an external account",
