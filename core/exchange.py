@@ -345,8 +345,12 @@ async def _record(
     request = {f: _json_value(row[f]) for f in DESK_FIELDS}
     desk = {"request": request, "from": old, "to": new, "actor": actor, "reason": reason}
     customer = {"request": {f: request[f] for f in CUSTOMER_FIELDS}, "from": old, "to": new}
-    await feeds.append(conn, feeds.Topic.desk(), type_, desk, event_id=event_id)
-    await feeds.append(conn, feeds.Topic.request(row["id"]), type_, customer, event_id=event_id)
+    await feeds.append(
+        conn,
+        type_,
+        {feeds.Topic.desk(): desk, feeds.Topic.request(row["id"]): customer},
+        event_id=event_id,
+    )
 
 
 def _json_value(value: object) -> object:

@@ -286,33 +286,36 @@ TOPIC_EVENTS: FeedSource = _TopicEvents()
 
 async def append(
     conn: Connection,
-    topic: Topic,
     type_: str,
-    data: Mapping[str, Any],
+    data_by_topic: Mapping[Topic, Mapping[str, Any]],
     *,
     event_id: str,
-) -> asyncpg.Record:
-    """Append an event to a desk or request topic inside the caller's transaction: its next
-    seq, under the topic's ``feed_heads`` row lock until commit. Publish it once committed
-    (:func:`publish_events`); until then nobody can see it.
+) -> list[asyncpg.Record]:
+    """Append one event (``event_id``, ``type_``) to each desk or request topic given, with that
+    topic's ``data``, inside the caller's transaction and in one statement: each gets its
+    topic's next seq, under the topic's ``feed_heads`` row lock until commit, the locks taken in
+    the mapping's order (keep one order, desk first, so transactions never deadlock). Publish
+    them once committed (:func:`publish_events`); until then nobody can see them.
 
     Merchant events are the ledger's to append (``events``); ValueError for a merchant topic.
     """
-    if topic.kind is TopicKind.MERCHANT:
+    if any(topic.kind is TopicKind.MERCHANT for topic in data_by_topic):
         raise ValueError("merchant events are appended by the ledger, not core.feeds")
-    row = await conn.fetchrow(
-        "WITH head AS (INSERT INTO feed_heads AS h (topic, last_seq) VALUES ($1, 1)"
-        " ON CONFLICT (topic) DO UPDATE SET last_seq = h.last_seq + 1 RETURNING last_seq)"
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "WITH heads AS (INSERT INTO feed_heads AS h (topic, last_seq)"
+        " SELECT topic, 1 FROM unnest($1::text[]) WITH ORDINALITY AS t(topic, n) ORDER BY n"
+        " ON CONFLICT (topic) DO UPDATE SET last_seq = h.last_seq + 1"
+        " RETURNING topic, last_seq)"
         " INSERT INTO feed_events (topic, seq, event_id, type, data)"
-        " SELECT $1, last_seq, $2, $3, $4 FROM head"
+        " SELECT heads.topic, heads.last_seq, $2, $3, d.data::jsonb FROM heads"
+        " JOIN unnest($1::text[], $4::text[]) AS d(topic, data) USING (topic)"
         f" RETURNING {_TOPIC_COLUMNS}",
-        topic.key,
+        [topic.key for topic in data_by_topic],
         event_id,
         type_,
-        data,
+        [json.dumps(data, separators=(",", ":")) for data in data_by_topic.values()],
     )
-    assert row is not None
-    return row
+    return rows
 
 
 async def publish_events(

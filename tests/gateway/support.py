@@ -133,9 +133,11 @@ async def append_topic_events(
     run = uuid.uuid4().hex[:8]
     async with pool.acquire() as conn, conn.transaction():
         rows = [
-            await feeds.append(
-                conn, topic, "canary", {"canary": topic.key, "n": n}, event_id=f"{run}.{n}"
-            )
+            (
+                await feeds.append(
+                    conn, "canary", {topic: {"canary": topic.key, "n": n}}, event_id=f"{run}.{n}"
+                )
+            )[0]
             for n in range(count)
         ]
     if redis is not None:
