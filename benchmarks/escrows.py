@@ -74,7 +74,7 @@ class Life:
 
     funded: float | None
     released: float | None
-    escrow_id: str | None = None
+    reference: str = ""
     stopped: str = ""
 
 
@@ -87,7 +87,7 @@ class EscrowRun:
     not_released: int
     stopped: Counter[str] = field(default_factory=Counter)
     """Escrows not released, by where they stopped."""
-    stopped_ids: list[str] = field(default_factory=list)
+    stopped_references: list[str] = field(default_factory=list)
 
 
 async def measure_escrows(h: Harness) -> Section:
@@ -127,15 +127,16 @@ async def measure_escrows(h: Harness) -> Section:
 async def _afterwards(h: Harness, pairs: Pairs[EscrowRun, EscrowRun]) -> list[str]:
     """Where the escrows that were not released are now (Postgres, their workflows), and the
     payout provider's breaker, once the runs are over: what the report says of the misses."""
-    ids = [escrow_id for run in pairs.subject for escrow_id in run.stopped_ids]
+    references = [ref for run in pairs.subject for ref in run.stopped_references]
     stopped = sum((run.stopped for run in pairs.subject), Counter[str]())
     if not stopped:
         return []
     async with h.pool.acquire() as conn:
-        statuses = Counter(
-            row["status"]
-            for row in await conn.fetch("SELECT status FROM escrows WHERE id = ANY($1)", ids)
+        rows = await conn.fetch(
+            "SELECT id, status FROM escrows WHERE reference = ANY($1)", references
         )
+        statuses = Counter(row["status"] for row in rows)
+        ids = [row["id"] for row in rows]
         breaker = await conn.fetch(
             "SELECT base_url, consecutive_failures, circuit_open_until, circuit_trips"
             " FROM providers"
@@ -207,10 +208,10 @@ class _Escrows:
             sum(stopped.values()),
             stopped,
             [
-                o.value.escrow_id
+                o.value.reference
                 for paced in (batch, steady)
                 for o in paced.outcomes
-                if o.value and o.value.escrow_id and not o.value.released
+                if o.value and not o.value.released
             ],
         )
 
@@ -245,18 +246,19 @@ class _Escrows:
     async def _life(self, body: dict[str, Any]) -> Life:
         created = await self.http.post("/v1/escrows", json=body, headers=_keyed())
         if created.status_code not in (201, 202):
-            return Life(None, None, stopped=f"create answered {_answer(created)}")
+            return Life(None, None, body["reference"], f"create answered {_answer(created)}")
         escrow_id = created.json()["id"]
         funded, seen = await self._reach(created, escrow_id, "funded", ("created", "funding"))
         if funded is None:
-            return Life(None, None, escrow_id, f"not funded: {seen}")
+            return Life(None, None, body["reference"], f"not funded: {seen}")
         release = await self.http.post(
             f"/v1/escrows/{escrow_id}/release", json={}, headers=_keyed()
         )
         if release.status_code not in (200, 202):
-            return Life(funded, None, escrow_id, f"release answered {_answer(release)}")
+            return Life(funded, None, body["reference"], f"release answered {_answer(release)}")
         released, seen = await self._reach(release, escrow_id, "released", ("funded", "releasing"))
-        return Life(funded, released, escrow_id, "" if released else f"not released: {seen}")
+        stopped = "" if released else f"not released: {seen}"
+        return Life(funded, released, body["reference"], stopped)
 
     async def _reach(
         self, answer: httpx.Response, escrow_id: str, status: str, pending: tuple[str, ...]
