@@ -28,6 +28,7 @@ from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
 from temporalio.exceptions import ApplicationError
@@ -37,13 +38,15 @@ from api.deps import OPERATOR_PROBLEMS, Config, Pool, Read, Temporal, single_val
 from api.idempotency import IDEMPOTENCY_PROBLEMS, IDEMPOTENCY_WHY, Idempotent
 from api.problems import problems
 from api.schemas import (
-    BeneficiaryIn,
+    AccountBeneficiary,
+    Beneficiary,
     EscrowIn,
     EscrowList,
     EscrowOut,
     EscrowRequestIn,
     EscrowSourceOut,
     EscrowTransition,
+    WalletBeneficiary,
 )
 from core import escrow
 from core.contracts import (
@@ -109,8 +112,8 @@ async def create_escrow(
             merchant_id=body.merchant_id,
             currency=body.currency,
             sources=[EscrowSource(s.wallet_id, s.amount) for s in body.sources],
-            beneficiary_wallet=body.beneficiary.wallet_id,
-            beneficiary_account=body.beneficiary.account,
+            beneficiary_wallet=_wallet_of(body.beneficiary),
+            beneficiary_account=_account_of(body.beneficiary),
             reference=body.reference,
             expires_at=body.expires_at,
             actor=once.actor,
@@ -285,7 +288,8 @@ async def _wait(
         log.warning("escrow %s: no answer to %s yet: %s", escrow_id, update, error)
     except RuntimeError as error:  # the engine unreachable before the client ever connected
         log.warning("escrow %s: no answer to %s yet: %r", escrow_id, update, error)
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # The SDK turns the deadline's cancellation of its update call into its own error.
         pass
 
 
@@ -334,8 +338,10 @@ def _summary(
         currency=row["currency"],
         amount=row["amount"],
         sources=sources,
-        beneficiary=BeneficiaryIn(
-            wallet_id=row["beneficiary_wallet"], account=row["beneficiary_account"]
+        beneficiary=(
+            WalletBeneficiary(wallet_id=row["beneficiary_wallet"])
+            if row["beneficiary_wallet"] is not None
+            else AccountBeneficiary(account=row["beneficiary_account"])
         ),
         reference=row["reference"],
         expires_at=row["expires_at"],
@@ -346,3 +352,11 @@ def _summary(
         updated_at=row["updated_at"],
         transitions=transitions,
     )
+
+
+def _wallet_of(beneficiary: Beneficiary) -> str | None:
+    return beneficiary.wallet_id if isinstance(beneficiary, WalletBeneficiary) else None
+
+
+def _account_of(beneficiary: Beneficiary) -> str | None:
+    return beneficiary.account if isinstance(beneficiary, AccountBeneficiary) else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AwareDatetime,
@@ -24,13 +24,14 @@ from core.formats import EmailAddress, Identifier, PartnerId
 from core.replica import Freshness
 
 __all__ = [
+    "AccountBeneficiary",
     "Alert",
     "AlertGroup",
     "AlertResolution",
     "ApiKeyCreated",
     "ApiKeyIn",
     "ApiKeyOut",
-    "BeneficiaryIn",
+    "Beneficiary",
     "DeadLetter",
     "DeliveryAttemptOut",
     "DeliveryOut",
@@ -74,6 +75,7 @@ __all__ = [
     "TopUpIn",
     "TraceStep",
     "TransferIn",
+    "WalletBeneficiary",
     "WalletIn",
     "WalletOut",
     "WebhookAccepted",
@@ -617,22 +619,27 @@ class EscrowSourceIn(BaseModel):
     amount: MinorUnits
 
 
-class BeneficiaryIn(BaseModel):
-    """Who the escrow is released to: a wallet, or an external account at the payout
-    provider (exactly one)."""
+class WalletBeneficiary(BaseModel):
+    """An escrow released to one of Switchboard's wallets."""
 
     model_config = ConfigDict(extra="forbid")
 
-    wallet_id: WalletId | None = None
-    account: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")] | None = Field(
-        None, description="The payout provider's id of an external account."
+    wallet_id: WalletId
+
+
+class AccountBeneficiary(BaseModel):
+    """An escrow released to an external account, paid through the payout provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")] = Field(
+        description="The payout provider's id of an external account."
     )
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> BeneficiaryIn:
-        if (self.wallet_id is None) == (self.account is None):
-            raise ValueError("a beneficiary is a wallet_id or an account, not both or neither")
-        return self
+
+Beneficiary: TypeAlias = WalletBeneficiary | AccountBeneficiary
+"""Who an escrow is released to: exactly one of a wallet or an external account (the schema
+says so, so a body naming neither or both is refused by its shape)."""
 
 
 class EscrowIn(BaseModel):
@@ -641,7 +648,7 @@ class EscrowIn(BaseModel):
     merchant_id: Identifier = Field(description="The owner, whose wallets fund the escrow.")
     currency: Currency
     sources: list[EscrowSourceIn] = Field(min_length=1, max_length=20)
-    beneficiary: BeneficiaryIn
+    beneficiary: Beneficiary
     expires_at: AwareDatetime = Field(
         description="When an escrow nobody released is refunded to its sources."
     )
@@ -680,7 +687,7 @@ class EscrowOut(BaseModel):
     currency: str
     amount: int = Field(description="Integer minor units: the sum of the sources.")
     sources: list[EscrowSourceOut]
-    beneficiary: BeneficiaryIn
+    beneficiary: Beneficiary
     reference: str
     expires_at: datetime
     status: EscrowStatusName

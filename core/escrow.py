@@ -28,7 +28,7 @@ from core import money
 from core.audit import audit
 from core.contracts import ESCROW_TRANSITIONS, EscrowSource, EscrowStatus
 from core.db import Connection
-from core.errors import IllegalTransition, OperatorError
+from core.errors import CurrencyMismatch, IllegalTransition, OperatorError
 from core.merchant_events import append_merchant_event
 
 __all__ = [
@@ -112,8 +112,9 @@ async def create(
     """A new ``created`` escrow with its holding account and sources, audited and announced.
 
     The sources are distinct wallets of the merchant in ``currency``; a beneficiary wallet holds
-    ``currency`` and is none of them (404 for a wallet or merchant that does not exist, 422 for
-    the rest). Nothing moves yet: the saga debits the sources.
+    ``currency`` and is none of them (404 for a merchant, or a wallet of it, that does not exist;
+    409 ``currency-mismatch`` for a wallet of another currency; 422 for the rest). Nothing
+    moves yet: the saga debits the sources.
     """
     if (beneficiary_wallet is None) == (beneficiary_account is None):
         raise OperatorError(422, "an escrow has one beneficiary: a wallet or an external account")
@@ -135,12 +136,13 @@ async def create(
         if wallet_id not in found:
             raise OperatorError(404, f"no wallet {wallet_id!r}")
         if found[wallet_id]["currency"] != currency:
-            raise OperatorError(
-                422, f"wallet {wallet_id} holds {found[wallet_id]['currency']}, not {currency}"
+            raise CurrencyMismatch(
+                f"wallet {wallet_id} holds {found[wallet_id]['currency']}, not {currency}"
             )
     for wallet_id in wallets:
         if found[wallet_id]["merchant_id"] != merchant_id:
-            raise OperatorError(422, f"wallet {wallet_id} does not belong to {merchant_id}")
+            # As if it did not exist: one merchant's escrow does not learn of another's wallets.
+            raise OperatorError(404, f"no wallet {wallet_id!r} of merchant {merchant_id!r}")
     escrow_id = f"esc_{uuid.uuid4().hex}"
     amount = sum(source.amount for source in sources)
     async with conn.transaction():
