@@ -50,6 +50,10 @@ def exchange_create(
     from_currency: str,
     to_currency: str,
     quote: Annotated[int | None, typer.Option(help="Quoted amount to receive.")] = None,
+    customer_email: Annotated[
+        str | None,
+        typer.Option("--customer-email", help="Email the customer about the request as it moves."),
+    ] = None,
     key: Annotated[
         str | None, typer.Option("--key", help="Idempotency-Key; repeat it to retry safely.")
     ] = None,
@@ -68,6 +72,7 @@ def exchange_create(
             "from_currency": from_currency.upper(),
             "to_currency": to_currency.upper(),
             "quote": quote,
+            "customer_email": customer_email,
         },
         headers={**_as(api_key), "Idempotency-Key": key or str(uuid.uuid4())},
     )

@@ -36,3 +36,32 @@ async def test_exchange_commands(cli: Any, pool: asyncpg.Pool) -> None:
     assert (await cli("exchange", "show", request_id)).exit_code == 0
     assert (await cli("exchange", "list")).exit_code == 0
     assert (await cli("exchange", "cancel", request_id)).exit_code == 1
+
+
+async def test_exchange_create_with_a_customer_email(cli: Any, pool: asyncpg.Pool) -> None:
+    """``--customer-email`` reaches the request (the customer is emailed as it moves); an
+    address the api refuses is a failed command, and no request is created."""
+    merchant = await new_merchant(pool)
+    created = await cli(
+        "exchange", "create", merchant, "cust-2", "700", "eur", "usdt",
+        "--customer-email", "ada@example.com", "--json",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    request_id = json.loads(created.output)["id"]
+    assert json.loads(created.output)["customer_email"] == "ada@example.com"
+    assert (
+        await pool.fetchval(
+            "SELECT customer_email FROM exchange_requests WHERE id = $1", request_id
+        )
+        == "ada@example.com"
+    )
+    refused = await cli(
+        "exchange", "create", merchant, "cust-3", "700", "eur", "usdt",
+        "--customer-email", "not-an-address", "--json",
+    )  # fmt: skip
+    assert refused.exit_code == 1, refused.output
+    assert "customer_email" in refused.output
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM exchange_requests WHERE merchant_id = $1 AND customer_id = 'cust-3'",
+        merchant,
+    )
