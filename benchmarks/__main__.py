@@ -10,7 +10,8 @@ gateway (:mod:`benchmarks.live`, same inbox state), then the outbound
 deliveries (which restart the worker; see :mod:`benchmarks.deliveries`), the alert storm (which
 stops and restarts it; :mod:`benchmarks.oncall`), exchange claims (:mod:`benchmarks.claims`) and
 contended wallet debits (:mod:`benchmarks.debits`), escrows end to end (which restart the
-worker; :mod:`benchmarks.escrows`); the load-generator check
+worker; :mod:`benchmarks.escrows`), exchange transitions to their watching clients through the
+gateway (:mod:`benchmarks.desk_live`); the load-generator check
 touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
 the worker drains, and that backlog is what "worker draining" means for them.
 """
@@ -31,6 +32,7 @@ import uvloop
 from benchmarks.claims import measure_claims
 from benchmarks.debits import measure_debits
 from benchmarks.deliveries import measure_deliveries
+from benchmarks.desk_live import measure_desk_live
 from benchmarks.escrows import measure_escrows
 from benchmarks.fanout import fanout_stores, measure_fanout
 from benchmarks.harness import open_harness, progress
@@ -86,7 +88,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["all", "fanout", "deliveries", "live", "oncall", "claims", "debits", "escrows"],
+        choices=[
+            "all",
+            "fanout",
+            "deliveries",
+            "live",
+            "oncall",
+            "claims",
+            "debits",
+            "escrows",
+            "desk-live",
+        ],
         default="all",
         help="`fanout`: only the gateway fan-out benchmark (embedded Postgres and Redis only);"
         " `deliveries`: only the outbound delivery benchmark; `live`: only webhook→WebSocket"
@@ -94,7 +106,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         " (routing to the on-call sink beside recording alone); `claims`: only exchange claims, 50"
         " claimers per request through the api beside a bare SELECT … FOR UPDATE; `debits`: only"
         " 200 concurrent debits of one wallet through the ledger beside a bare UPDATE; `escrows`:"
-        " only escrows funded and released end to end beside a no-op workflow",
+        " only escrows funded and released end to end beside a no-op workflow; `desk-live`:"
+        " only exchange transitions (create, claim, processing, completed) at a steady rate to"
+        " desk and request clients through the gateway, beside a bare Redis PUBLISH → subscriber",
     )
     return parser.parse_args(argv)
 
@@ -103,7 +117,7 @@ def _run(plan: Plan, temporal_in_memory: bool, only: str = "all") -> str:
     """Start a stack, measure everything on it, stop it; returns the report."""
     started = time.monotonic()
     load_before = os.getloadavg()
-    gateway = only in ("all", "live")
+    gateway = only in ("all", "live", "desk-live")
     stack = BenchStack(temporal_in_memory=temporal_in_memory, gateway=gateway)
     with progress(
         "starting Postgres, Redis, Temporal, api, worker, bare app"
@@ -143,6 +157,9 @@ async def _measure(
     if only == "escrows":
         async with open_harness(stack, plan) as h:
             return [await measure_escrows(h)], h.phase_cpu
+    if only == "desk-live":
+        async with open_harness(stack, plan) as h:
+            return [await measure_desk_live(h)], h.phase_cpu
     async with open_harness(stack, plan) as h:
         pipeline = await measure_pipeline(h)
         live = await measure_live(h)
@@ -151,11 +168,12 @@ async def _measure(
         claims = await measure_claims(h)
         debits = await measure_debits(h)
         escrows = await measure_escrows(h)
+        desk_live = await measure_desk_live(h)
         load_generator = await measure_load_generator(h)
         ingress = await measure_ingress(h)
     with progress("gateway fan-out against python-socketio"):
         fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
-    sections = [ingress, pipeline, live, *deliveries, oncall, claims, debits, escrows]
+    sections = [ingress, pipeline, live, *deliveries, oncall, claims, debits, escrows, desk_live]
     sections.append(load_generator)
     return [*sections, fanout], h.phase_cpu
 

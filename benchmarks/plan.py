@@ -7,7 +7,8 @@ steady and cheap) get shorter windows, to stay within a minute including start-u
 storm keeps its rate and has repeats of its own (three runs of a minute; one of 12 s when quick),
 since what it measures is a minute of facts. Exchange claims and contended debits keep their
 schedules (one request every 0.25 s, one burst of 200 debits every 2.5 s) with fewer requests and
-bursts when quick (about 15 s and 50 s).
+bursts when quick (about 15 s and 50 s). Exchange transitions watched live keep their rate (20 a
+second) over 100 requests a run (20 when quick).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ DEBIT_RATE = 0.4
 """Bursts of 200 debits per second: 2.5 s apart, so one burst has drained before the next."""
 ESCROW_RATE = 5.0
 """Escrows created per second in the steady stream whose create→funded latency is measured."""
+DESK_LIVE_RATE = 20.0
+"""Exchange transitions per second watched live: 5 requests a second, each taken through
+create, claim, processing and completed."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class Plan:
     escrow_batch: int
     escrow_steady: int
     escrow_rate: float
+    # Exchange transitions to watching clients (:mod:`benchmarks.desk_live`): requests per run,
+    # each four transitions, transitions due at ``desk_live_rate``/s.
+    desk_live_requests: int
+    desk_live_rate: float
 
 
 FULL = Plan(
@@ -110,6 +118,8 @@ FULL = Plan(
     escrow_batch=100,
     escrow_steady=50,
     escrow_rate=ESCROW_RATE,
+    desk_live_requests=100,
+    desk_live_rate=DESK_LIVE_RATE,
 )
 
 QUICK = Plan(
@@ -145,4 +155,6 @@ QUICK = Plan(
     escrow_batch=20,
     escrow_steady=10,
     escrow_rate=ESCROW_RATE,
+    desk_live_requests=20,
+    desk_live_rate=DESK_LIVE_RATE,
 )
