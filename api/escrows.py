@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Path, Query
@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
@@ -79,6 +80,13 @@ _HELD = (EscrowStatus.FUNDED, EscrowStatus.RELEASE_FAILED)
 _UNDER_WAY = (EscrowStatus.RELEASING, EscrowStatus.REFUNDING)
 ENGINE_TIMEOUT_SECONDS = 5.0
 """Bounds a release's or refund's hand-over to the workflow, the SDK's retries included."""
+_AFTER_HAND_OVER = {
+    "release": (EscrowStatus.RELEASING, EscrowStatus.RELEASED, EscrowStatus.RELEASE_FAILED),
+    "refund": (EscrowStatus.REFUNDING, EscrowStatus.REFUNDED),
+}
+"""Where an escrow may already be when a repeat of a handed-over request comes: the hand-over
+can time out here after the workflow took it (it records the order's first steps before the
+server reports it accepted), so the repeat attaches to the same update instead of a 409."""
 
 
 class _Accepted(BaseModel):
@@ -224,10 +232,12 @@ async def _change(
 
     async def work(conn: Connection) -> tuple[int, _Accepted]:
         row = await escrow.show(conn, escrow_id)
-        if row["status"] not in _HELD:
+        if row["status"] not in _HELD and row["status"] not in _AFTER_HAND_OVER[action]:
             raise EscrowConflict(f"escrow {escrow_id} is {row['status']}: it cannot be {action}ed")
         handle = temporal.get_workflow_handle(escrow_workflow_id(escrow_id))
         try:
+            # The update id comes from the key: Temporal runs one update per id, so a repeat
+            # attaches to the first (and a request that was never ours meets the validator).
             async with asyncio.timeout(ENGINE_TIMEOUT_SECONDS):
                 await handle.start_update(
                     action, request, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
@@ -239,6 +249,8 @@ async def _change(
             raise
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
+                if await _was_taken(handle, update_id):
+                    return 202, _Accepted(id=escrow_id)
                 raise EscrowConflict(f"escrow {escrow_id} has ended") from None
             # Not an answer to store: the key is released and the client retries.
             raise _unreachable(error) from None
@@ -251,6 +263,22 @@ async def _change(
         return answer
     await _wait(temporal, escrow_id, action, update_id, settings.escrow_wait_seconds)
     return await _answer(pool, escrow_id, answer, done=200, pending=_UNDER_WAY)
+
+
+async def _was_taken(handle: WorkflowHandle[Any, Any], update_id: str) -> bool:
+    """Whether the (now ended) workflow ran the update ``update_id`` to a successful outcome."""
+    try:
+        async with asyncio.timeout(ENGINE_TIMEOUT_SECONDS):
+            await handle.get_update_handle(update_id).result()
+    except (
+        WorkflowUpdateFailedError,
+        RPCError,
+        RuntimeError,
+        TimeoutError,
+        RPCTimeoutOrCancelledError,
+    ):
+        return False
+    return True
 
 
 def _unreachable(error: Exception) -> WorkflowEngineUnavailable:

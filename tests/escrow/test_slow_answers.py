@@ -10,6 +10,7 @@ import httpx
 from redis.asyncio import Redis
 from temporalio.client import Client
 
+from core.contracts import EscrowRequest, escrow_workflow_id
 from core.settings import Settings
 from devstack.payout_sink import PayoutSink
 from tests.escrow.support import ADMIN, assert_history, escrow_body, keyed, wallets
@@ -59,4 +60,35 @@ async def test_an_outcome_later_than_the_wait_is_a_202_not_a_5xx(
             assert released.json()["status"] in ("funded", "releasing")
             await wait_for(lambda: reached("released"), what="the escrow to be released")
     assert len(payout_sink.transfers(f"escrow:{escrow_id}:release")) == 1
+    await assert_history(pool, escrow_id, ["created", "funding", "funded", "releasing", "released"])
+
+
+async def test_a_repeat_of_a_release_the_workflow_already_took_attaches_to_it(
+    settings: Settings, temporal_client: Client, pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """The api's hand-over of a release can time out after the workflow took it (503: retry
+    with the same key). The repeat must find that release, under way or done, not a 409."""
+    async with (
+        running_api(settings) as api_url,
+        httpx.AsyncClient(base_url=api_url, timeout=30) as http,
+        running_worker(settings, temporal_client, pool, redis),
+    ):
+        merchant, (source, beneficiary) = await wallets(http, pool, [25, 0])
+        body = escrow_body(merchant, [(source, 25)], wallet=beneficiary)
+        created = await http.post("/v1/escrows", json=body, headers=keyed())
+        assert created.status_code == 201, created.text
+        escrow_id = created.json()["id"]
+        key = str(uuid.uuid4())
+        # What the timed-out hand-over did: the update under the key's id reached the workflow.
+        handle = temporal_client.get_workflow_handle(escrow_workflow_id(escrow_id))
+        taken = await handle.execute_update(
+            "release", EscrowRequest(actor="api-key:bootstrap", reason=None), id=f"release:{key}"
+        )
+        assert taken == "released"
+
+        repeat = await http.post(f"/v1/escrows/{escrow_id}/release", json={}, headers=keyed(key))
+        assert repeat.status_code == 200, repeat.text
+        assert repeat.json()["status"] == "released"
+        other = await http.post(f"/v1/escrows/{escrow_id}/release", json={}, headers=keyed())
+        assert other.status_code == 409, other.text
     await assert_history(pool, escrow_id, ["created", "funding", "funded", "releasing", "released"])
