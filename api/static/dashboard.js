@@ -1,10 +1,11 @@
 // Switchboard live dashboard: a merchant's events over the gateway WebSocket, gapless across
-// reconnects (resume by seq), its escrows moved live by their events, plus an operator view: the
+// reconnects (resume by seq), its escrows moved live by their events (and released or refunded
+// from the page with an admin key), plus an operator view: the
 // On-call panel (alert groups, their timelines, acknowledge / resolve / silence), dead letters
 // and backlog.
 // Plain ES module, no build step. Protocol: gateway/protocol.py.
 
-import { $, Feed, el, money, operatorApi } from "./live.js";
+import { $, Feed, el, money, operatorApi, reconcile } from "./live.js";
 
 const config = JSON.parse(document.getElementById("sb-config").textContent);
 const RING_SIZE = 500;
@@ -20,6 +21,7 @@ const state = {
   connState: "idle",
   queue: [],         // events waiting for the next animation frame
   syncs: 0,          // snapshots loaded (the first, then one per 3010)
+  admin: false,      // the API key has the admin scope: it may release and refund escrows
 };
 window.switchboard = {  // for tests and the curious: read-only views of the page state
   seqs: () => state.ring.map((e) => e.seq),
@@ -146,9 +148,14 @@ async function loadSnapshot() {
 // from the api, from sync or from the feed is applied once, in whichever order they arrive.
 
 const ESCROWS_SHOWN = 20;
+const ESCROW_ACTIONS = {   // what an admin may do with an escrow in each status (api/escrows.py)
+  funded: [["release", "Release"], ["refund", "Refund"]],
+  release_failed: [["release", "Retry release"], ["refund", "Refund"]],
+};
 const escrows = {
   byId: new Map(),     // escrow id -> {id, amount, currency, reference, status, createdAt, sources, beneficiary, steps}
   details: new Set(),  // escrow ids whose sources and beneficiary were asked for
+  busy: new Set(),     // escrow ids with a release or refund from this page under way
   queued: false,
 };
 Object.assign(window.switchboard, {
@@ -229,7 +236,9 @@ function paintEscrows() {
   escrows.queued = false;
   const shown = shownEscrows();
   for (const e of shown) if (!escrows.details.has(e.id)) escrowDetails(e.id).catch(() => {});
-  $("escrows").replaceChildren(...shown.map(escrowRow));
+  // A row is drawn again only when its escrow moved: the focus on its buttons survives the rest.
+  const key = (e) => [e.id, e.status, e.steps.size, Boolean(e.sources), escrows.busy.has(e.id), state.admin].join("|");
+  reconcile($("escrows"), shown, key, escrowRow);
   $("escrows-empty").hidden = shown.length > 0;
   $("escrow-count").textContent = shown.length ? `· ${shown.length} shown` : "";
 }
@@ -245,7 +254,52 @@ function escrowRow(e) {
     el("td", { class: "ref" }, beneficiary),
     el("td", {}, el("span", { class: `badge escrow-${e.status}`, "data-role": "status" }, e.status)),
     el("td", {}, el("ol", { class: "transitions" }, ...steps(e).map((t) => el("li", {
-      "data-to": t.to, title: `${t.actor}${t.reason ? ` · ${t.reason}` : ""} · ${new Date(t.at).toLocaleString()}` }, t.to)))));
+      "data-to": t.to, title: `${t.actor}${t.reason ? ` · ${t.reason}` : ""} · ${new Date(t.at).toLocaleString()}` }, t.to)))),
+    el("td", { class: "num" }, escrowActions(e)));
+}
+
+function escrowActions(e) {
+  // A held release is everyone's concern (shown, disabled without admin); a funded escrow's
+  // buttons only to a key that may use them. The api is the judge either way (403, 409).
+  const actions = ESCROW_ACTIONS[e.status];
+  if (!actions || (e.status === "funded" && !state.admin)) return "";
+  const why = !state.admin ? "needs an API key with the admin scope" : escrows.busy.has(e.id) ? "under way" : "";
+  return el("div", { class: "group-actions" }, ...actions.map(([action, label]) => el("button", {
+    class: "ghost", "data-action": action, "aria-label": `${label} ${e.reference}`,
+    onclick: () => escrowAction(e, action), ...(why ? { disabled: "", title: why } : {}) }, label)));
+}
+
+function idempotencyKey() {
+  // Fresh per click: the api replays a key's first answer, so a new decision needs a new key.
+  return [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function escrowNotice(kind, text, attrs) {
+  const line = $("escrow-notice");
+  line.className = `notice ${kind}`;
+  line.dataset.escrow = attrs.escrow;
+  line.dataset.outcome = attrs.outcome;
+  line.textContent = text;
+}
+
+async function escrowAction(e, action) {
+  escrows.busy.add(e.id);
+  escrowNotice("info", `${e.reference}: ${action === "release" ? "releasing" : "refunding"}…`, { escrow: e.id, outcome: "pending" });
+  paintEscrowsSoon();
+  try {
+    const escrow = await api(`/v1/escrows/${encodeURIComponent(e.id)}/${action}`,
+      { method: "POST", body: "{}", headers: { "Idempotency-Key": idempotencyKey() } });
+    mergeEscrow(escrow);
+    escrowNotice(escrow.status === "release_failed" ? "bad" : "ok", `Escrow ${e.reference} (${e.id}) is ${escrow.status}.`,
+      { escrow: e.id, outcome: escrow.status });
+  } catch (error) {
+    // 409: the escrow moved on meanwhile (or another release or refund is under way).
+    escrowNotice("bad", `${e.reference}: ${error.detail}`, { escrow: e.id, outcome: `refused-${error.status}` });
+    escrowDetails(e.id).catch(() => {});  // show where it is now, even if the feed missed it
+  } finally {
+    escrows.busy.delete(e.id);
+    paintEscrowsSoon();
+  }
 }
 
 async function startMerchant() {
@@ -588,11 +642,13 @@ async function signIn(event) {
   event?.preventDefault();
   state.apiKey = $("api-key").value.trim();
   state.merchant = $("merchant-id").value.trim();
+  state.admin = false;
   try {
     await startMerchant();
   } catch (error) {
     return signOut(error.message);
   }
+  api("/v1/desk/operator").then((me) => { state.admin = me.admin; paintEscrowsSoon(); }, () => {});
   sessionStorage.setItem("sb.apiKey", state.apiKey);
   sessionStorage.setItem("sb.merchant", state.merchant);
   $("signin").hidden = true;

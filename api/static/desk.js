@@ -3,7 +3,7 @@
 // desk's aggregates. Live from the gateway's desk feed (resume by seq, see live.js).
 // Plain ES module, no build step.
 
-import { $, Feed, el, money, operatorApi } from "./live.js";
+import { $, Feed, el, money, operatorApi, reconcile } from "./live.js";
 
 const config = JSON.parse(document.getElementById("sb-config").textContent);
 const STATS_EVERY_MS = 5000;
@@ -135,22 +135,6 @@ function paint() {
   $("mine-empty").hidden = own.length > 0;
   $("mine-count").textContent = own.length ? `· ${own.length}` : "";
   reconcile($("activity"), state.activity, (t) => t.event, activityItem);
-}
-
-function reconcile(parent, items, keyOf, render) {
-  // Only what changed is touched: a row whose request did not move stays in place, and with
-  // it the keyboard focus on its buttons.
-  const old = new Map([...parent.children].map((node) => [node.dataset.key, node]));
-  let at = parent.firstElementChild;
-  for (const item of items) {
-    const key = keyOf(item);
-    let node = old.get(key);
-    old.delete(key);
-    if (!node) { node = render(item); node.dataset.key = key; }
-    if (node === at) at = at.nextElementSibling;
-    else parent.insertBefore(node, at);
-  }
-  for (const node of old.values()) node.remove();
 }
 
 function requestCell(r) {

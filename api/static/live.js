@@ -18,6 +18,23 @@ export const el = (tag, attrs = {}, ...children) => {
   return node;
 };
 
+// Makes parent's children render(item) for items, in order, each known by keyOf(item). Only
+// what changed is touched: a child whose key is unchanged stays in place, and with it the
+// keyboard focus on its buttons.
+export function reconcile(parent, items, keyOf, render) {
+  const old = new Map([...parent.children].map((node) => [node.dataset.key, node]));
+  let at = parent.firstElementChild;
+  for (const item of items) {
+    const key = keyOf(item);
+    let node = old.get(key);
+    old.delete(key);
+    if (!node) { node = render(item); node.dataset.key = key; }
+    if (node === at) at = at.nextElementSibling;
+    else parent.insertBefore(node, at);
+  }
+  for (const node of old.values()) node.remove();
+}
+
 export const money = (minor, currency) => {
   try { return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(minor / 100); }
   catch { return `${(minor / 100).toFixed(2)} ${currency}`; }
