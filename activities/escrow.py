@@ -1,10 +1,11 @@
 """Escrow activities: the saga's steps, each one Postgres transaction through :mod:`core.escrow`.
 
 Every step is idempotent under at-least-once execution: money moves under keys derived from the
-escrow and the wallet (never from Temporal's attempt or run), and a transition repeated after it
-committed changes nothing. A debit the ledger refuses for good (insufficient funds, a closed
-wallet) fails as a non-retryable ``ApplicationError`` of the refusal's type, which the saga
-compensates; a return to a source is retried until it is done.
+escrow and the wallet (never from Temporal's attempt or run), and a transition names the
+escrow's version it starts from, so one repeated after it committed changes nothing. A debit the
+ledger refuses for good (insufficient funds, a closed wallet, or the escrow no longer
+``funding``: a stale attempt) fails as a non-retryable ``ApplicationError`` of the refusal's
+type, which the saga compensates; a return to a source is retried until it is done.
 
 A step that moves the escrow publishes the transition's merchant event to Redis once its
 transaction committed, in the same activity: a publish that fails fails the step, whose retry
@@ -68,6 +69,7 @@ class EscrowActivities:
                 step.escrow_id,
                 step.from_status,
                 step.to_status,
+                version=step.version,
                 actor=step.actor,
                 reason=step.reason,
             )
@@ -101,6 +103,7 @@ class EscrowActivities:
                 moved = await escrow.release(
                     conn,
                     step.escrow_id,
+                    version=step.version,
                     actor=step.actor,
                     reason=step.reason,
                     transfer_id=step.transfer_id,
@@ -114,7 +117,9 @@ class EscrowActivities:
         """Return every source's debit and mark the escrow refunded (published); returns the
         event."""
         async with self._pool.acquire() as conn:
-            moved = await escrow.refund(conn, step.escrow_id, actor=step.actor, reason=step.reason)
+            moved = await escrow.refund(
+                conn, step.escrow_id, version=step.version, actor=step.actor, reason=step.reason
+            )
         return await self._published(moved.event_id)
 
     @activity.defn(name="escrow_alert")

@@ -682,8 +682,8 @@ class EscrowSource:
 @dataclass(frozen=True)
 class EscrowInput:
     """Starts one :class:`workflows.escrow.EscrowWorkflow`: the escrow as created (its row is
-    committed, ``created``), plus the settings the saga needs. ``expires_at`` is ISO with zone;
-    exactly one of ``beneficiary_wallet`` and ``beneficiary_account`` is set."""
+    committed, ``created`` at ``version``), plus the settings the saga needs. ``expires_at`` is
+    ISO with zone; exactly one of ``beneficiary_wallet`` and ``beneficiary_account`` is set."""
 
     escrow_id: str
     merchant_id: str
@@ -697,6 +697,7 @@ class EscrowInput:
     actor: str
     created_event_id: str
     compensation_alert_seconds: float
+    version: int
 
 
 @dataclass(frozen=True)
@@ -709,10 +710,11 @@ class EscrowRequest:
 
 @dataclass(frozen=True)
 class EscrowMoveInput:
-    """Move an escrow from ``from_status`` to ``to_status``, audited and published; a repeat
-    finding it already moved does nothing."""
+    """Move an escrow from ``from_status`` at ``version`` to ``to_status``, audited and
+    published; a repeat finding it past that version does nothing."""
 
     escrow_id: str
+    version: int
     from_status: EscrowStatus
     to_status: EscrowStatus
     actor: str
@@ -735,9 +737,11 @@ class EscrowSourceInput:
 class EscrowSettleInput:
     """Pay the escrow out of its holding account and mark it ``released`` (to its beneficiary
     wallet, or, with ``transfer_id``, out to the provider that already paid the external
-    account), or return it to its sources and mark it ``refunded``."""
+    account), or return it to its sources and mark it ``refunded``; ``version`` is the escrow's
+    in ``releasing`` or ``refunding``, so a stale attempt of another round moves nothing."""
 
     escrow_id: str
+    version: int
     actor: str
     reason: str | None
     transfer_id: str | None = None

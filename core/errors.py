@@ -26,6 +26,8 @@
       * :class:`IdempotencyKeyReused` (422) — a key already names a different request or movement.
       * :class:`IdempotencyKeyInUse` (409) — the first request with this key is still running;
         safe to retry.
+      * :class:`EscrowMoneyRefused` (409) — an escrow's money cannot move this way at its stage
+        (a debit once it has left ``funding``, a return of a debit never made).
 
     * :class:`EscrowConflict` (409) — an escrow is not in a state for this release or refund.
     * :class:`ExchangeConflict` (409) — an exchange request is not in a state (or not assigned to
@@ -52,6 +54,7 @@ __all__ = [
     "CurrencyMismatch",
     "DestinationRefused",
     "EscrowConflict",
+    "EscrowMoneyRefused",
     "ExchangeConflict",
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
@@ -189,6 +192,12 @@ class IdempotencyKeyReused(MoneyRefused):
 
 class IdempotencyKeyInUse(MoneyRefused):
     """A request repeated while the first with its idempotency key is still running."""
+
+
+class EscrowMoneyRefused(MoneyRefused):
+    """An escrow's money movement its stage does not allow: a debit once the escrow has left
+    ``funding``, a return outside compensation or refund or of a debit never made (a stale saga
+    step; the saga raises it as a non-retryable ``ApplicationError`` of this type)."""
 
 
 class EscrowConflict(OperatorError):

@@ -4,15 +4,23 @@ An escrow moves as :data:`core.contracts.ESCROW_TRANSITIONS` draws it, and migra
 trigger refuses anything else. Each transition locks the row, checks it against what it read,
 writes, appends the transition to the audit log (actor, reason) and one ``escrow.{status}``
 event to the owning merchant's feed (gapless ``seq``), all in one transaction; the saga then
-publishes the event to Redis. A transition repeated after it committed (an activity retried)
-finds the escrow already moved and changes nothing.
+publishes the event to Redis. Every transition names the ``version`` it moves the escrow from
+(the row's counter, one per transition), so an attempt that comes again after it committed (an
+activity retried, or a late duplicate after the escrow came round ``release_failed →
+releasing``) finds the escrow past that version and changes nothing: the status alone would let
+it apply twice.
 
 Money moves only through :mod:`core.money`, with keys derived from business identity:
 ``escrow:{id}:debit:{wallet}`` into the escrow's holding account (a ledger account with the
 escrow's id), ``escrow:{id}:return:{wallet}`` back to a source (compensation of a failed funding,
 or a refund), ``escrow:{id}:release`` out to the beneficiary wallet or, once the provider paid an
 external account, to the world account of the currency. A settlement and its transition commit
-together, so an escrow is ``released`` or ``refunded`` exactly when its holding account is empty.
+together, so an escrow is ``released`` or ``refunded`` exactly when its holding account is empty;
+the move to ``failed`` returns, in its transaction, any debit still held, so ``failed`` is too.
+Money moves only in its stage, checked under the escrow's row lock: a debit while ``funding``, a
+return of a debit made while ``funding`` (compensation) or ``refunding``. A late attempt whose
+first never committed is refused (:class:`~core.errors.EscrowMoneyRefused`) once the escrow has
+moved on; one that did commit is answered with its movement, as a retry always is.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 
@@ -28,11 +37,12 @@ from core import money
 from core.audit import audit
 from core.contracts import ESCROW_TRANSITIONS, EscrowSource, EscrowStatus
 from core.db import Connection
-from core.errors import CurrencyMismatch, IllegalTransition, OperatorError
+from core.errors import CurrencyMismatch, EscrowMoneyRefused, IllegalTransition, OperatorError
 from core.merchant_events import append_merchant_event
 
 __all__ = [
     "COLUMNS",
+    "CREATED_VERSION",
     "ENTITY",
     "Moved",
     "SourceState",
@@ -57,6 +67,8 @@ COLUMNS = (
     "id, merchant_id, currency, amount, beneficiary_wallet, beneficiary_account, reference,"
     " expires_at, status, payout_transfer_id, created_by, created_at, updated_at, version"
 )
+CREATED_VERSION = 1
+"""An escrow's version as created (migration 0007's default); each transition adds one."""
 
 
 @dataclass(frozen=True)
@@ -178,26 +190,29 @@ async def move(
     old: EscrowStatus,
     new: EscrowStatus,
     *,
+    version: int,
     actor: str,
     reason: str | None,
     transfer_id: str | None = None,
 ) -> Moved:
-    """Move the escrow from ``old`` to ``new`` (audited, announced) in the caller's transaction
-    or its own. Already in ``new`` (this move committed before): nothing changes and the event
-    of the current version is returned. Anywhere else: :class:`IllegalTransition`."""
+    """Move the escrow from ``old`` at ``version`` to ``new`` (audited, announced) in the
+    caller's transaction or its own. Past ``version`` already (this move committed before):
+    nothing changes and the event that announced it is returned, with the escrow as it is now.
+    Anything else: :class:`IllegalTransition`. The move to ``failed`` first returns any debit
+    still held (see :func:`_return_held_debits`)."""
     ESCROW_TRANSITIONS.check(old, new)
     async with conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {COLUMNS} FROM escrows WHERE id = $1 FOR UPDATE", escrow_id
-        )
-        if row is None:
-            raise OperatorError(404, f"no escrow {escrow_id!r}")
-        if row["status"] == new:
-            return Moved(row, event_id(escrow_id, row["version"]))
-        if row["status"] != old:
+        row = await _locked(conn, escrow_id, "UPDATE")
+        done = await _moved_before(conn, row, version, new)
+        if done is not None:
+            return done
+        if row["status"] != old or row["version"] != version:
             raise IllegalTransition(
-                f"escrow {escrow_id} is {row['status']}, not {old}: it cannot go to {new}"
+                f"escrow {escrow_id} is {row['status']} at version {row['version']}, not {old}"
+                f" at version {version}: it cannot go to {new}"
             )
+        if new == EscrowStatus.FAILED:
+            await _return_held_debits(conn, row, actor=actor)
         moved = await conn.fetchrow(
             "UPDATE escrows SET status = $2, version = version + 1, updated_at = clock_timestamp(),"
             f" payout_transfer_id = coalesce($3, payout_transfer_id) WHERE id = $1"
@@ -214,45 +229,75 @@ async def move(
 async def debit_source(
     conn: Connection, escrow_id: str, wallet_id: str, amount: int, currency: str, *, actor: str
 ) -> money.Movement:
-    """Debit one source into the escrow's holding account, once per (escrow, wallet); raises
-    :class:`~core.errors.InsufficientFunds` or :class:`~core.errors.WalletClosed` (nothing
-    moves) when it never can."""
-    return await money.post(
-        conn,
-        {wallet_id: -amount, escrow_id: amount},
-        currency=currency,
-        kind="escrow_debit",
-        key=debit_key(escrow_id, wallet_id),
-        actor=actor,
-        reason=f"fund escrow {escrow_id}",
-    )
+    """Debit one source into the escrow's holding account, once per (escrow, wallet), while the
+    escrow is ``funding``; raises :class:`~core.errors.InsufficientFunds` or
+    :class:`~core.errors.WalletClosed` (nothing moves) when it never can, and
+    :class:`~core.errors.EscrowMoneyRefused` once the escrow has left ``funding`` without it.
+
+    The escrow's row stays share-locked until the debit commits, so a transition out of
+    ``funding`` (which takes it for update) comes wholly before or after the debit: a stale
+    attempt cannot slip money into an escrow that has ``failed``. A deadlock is retried by the
+    saga's step (none is expected: the row, then the accounts in id order)."""
+    key = debit_key(escrow_id, wallet_id)
+    async with conn.transaction():
+        await _in_stage(conn, escrow_id, key, (EscrowStatus.FUNDING,), "debit")
+        return await money.post(
+            conn,
+            {wallet_id: -amount, escrow_id: amount},
+            currency=currency,
+            kind="escrow_debit",
+            key=key,
+            actor=actor,
+            reason=f"fund escrow {escrow_id}",
+        )
 
 
 async def return_source(
     conn: Connection, escrow_id: str, wallet_id: str, amount: int, currency: str, *, actor: str
 ) -> money.Movement:
-    """Give one source back what its debit took, once per (escrow, wallet)."""
-    return await money.post(
-        conn,
-        {escrow_id: -amount, wallet_id: amount},
-        currency=currency,
-        kind="escrow_return",
-        key=return_key(escrow_id, wallet_id),
-        actor=actor,
-        reason=f"return from escrow {escrow_id}",
-    )
+    """Give one source back what its debit took, once per (escrow, wallet): while the escrow is
+    ``funding`` (compensation) or ``refunding``, and only a debit that was made (a return of
+    one never made would hand out another source's money); otherwise
+    :class:`~core.errors.EscrowMoneyRefused`."""
+    key = return_key(escrow_id, wallet_id)
+    async with conn.transaction():
+        await _in_stage(
+            conn,
+            escrow_id,
+            key,
+            (EscrowStatus.FUNDING, EscrowStatus.REFUNDING),
+            "return",
+            after=debit_key(escrow_id, wallet_id),
+        )
+        return await money.post(
+            conn,
+            {escrow_id: -amount, wallet_id: amount},
+            currency=currency,
+            kind="escrow_return",
+            key=key,
+            actor=actor,
+            reason=f"return from escrow {escrow_id}",
+        )
 
 
 async def release(
-    conn: Connection, escrow_id: str, *, actor: str, reason: str | None, transfer_id: str | None
+    conn: Connection,
+    escrow_id: str,
+    *,
+    version: int,
+    actor: str,
+    reason: str | None,
+    transfer_id: str | None,
 ) -> Moved:
-    """Empty the holding account to the beneficiary and move ``releasing → released``, in one
-    transaction. To a beneficiary wallet, a ledger transfer; to an external account, the money
-    leaves for the world account once ``transfer_id`` (the provider's confirmed transfer) is
-    known. Raises :class:`~core.errors.WalletClosed` for a closed beneficiary wallet."""
+    """Empty the holding account to the beneficiary and move ``releasing`` (at ``version``) to
+    ``released``, in one transaction. To a beneficiary wallet, a ledger transfer; to an external
+    account, the money leaves for the world account once ``transfer_id`` (the provider's
+    confirmed transfer) is known. Raises :class:`~core.errors.WalletClosed` for a closed
+    beneficiary wallet; a stale attempt (another release round, or after a refund) moves
+    nothing (:func:`move` answers it)."""
     async with conn.transaction():
-        row = await show(conn, escrow_id)
-        if row["status"] == EscrowStatus.RELEASING:
+        row = await _locked(conn, escrow_id, "UPDATE")
+        if row["status"] == EscrowStatus.RELEASING and row["version"] == version:
             if row["beneficiary_wallet"] is not None:
                 await money.post(
                     conn,
@@ -281,17 +326,21 @@ async def release(
             escrow_id,
             EscrowStatus.RELEASING,
             EscrowStatus.RELEASED,
+            version=version,
             actor=actor,
             reason=reason,
             transfer_id=transfer_id,
         )
 
 
-async def refund(conn: Connection, escrow_id: str, *, actor: str, reason: str | None) -> Moved:
-    """Return every source's debit and move ``refunding → refunded``, in one transaction."""
+async def refund(
+    conn: Connection, escrow_id: str, *, version: int, actor: str, reason: str | None
+) -> Moved:
+    """Return every source's debit and move ``refunding`` (at ``version``) to ``refunded``, in
+    one transaction; a stale attempt moves nothing (:func:`move` answers it)."""
     async with conn.transaction():
-        row = await show(conn, escrow_id)
-        if row["status"] == EscrowStatus.REFUNDING:
+        row = await _locked(conn, escrow_id, "UPDATE")
+        if row["status"] == EscrowStatus.REFUNDING and row["version"] == version:
             for source in await conn.fetch(
                 "SELECT wallet_id, amount FROM escrow_sources WHERE escrow_id = $1", escrow_id
             ):
@@ -308,6 +357,7 @@ async def refund(conn: Connection, escrow_id: str, *, actor: str, reason: str | 
             escrow_id,
             EscrowStatus.REFUNDING,
             EscrowStatus.REFUNDED,
+            version=version,
             actor=actor,
             reason=reason,
         )
@@ -402,3 +452,76 @@ async def _announce(
         },
     )
     return announced
+
+
+async def _locked(
+    conn: Connection, escrow_id: str, mode: Literal["UPDATE", "SHARE"]
+) -> asyncpg.Record:
+    """The escrow's row, locked ``FOR {mode}`` until the transaction ends; 404 if there is none."""
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM escrows WHERE id = $1 FOR {mode}", escrow_id)
+    if row is None:
+        raise OperatorError(404, f"no escrow {escrow_id!r}")
+    return row
+
+
+async def _moved_before(
+    conn: Connection, row: asyncpg.Record, version: int, new: EscrowStatus
+) -> Moved | None:
+    """The move from ``version`` to ``new`` if it already committed (the escrow is past
+    ``version`` and its next transition went to ``new``); None if the escrow is not past it.
+    Past it by another transition: :class:`IllegalTransition`."""
+    if row["version"] <= version:
+        return None
+    announced = event_id(row["id"], version + 1)
+    went_to = await conn.fetchval(
+        "SELECT to_state FROM audit_log WHERE event_id = $1 AND entity_type = $2",
+        announced,
+        ENTITY,
+    )
+    if went_to != new:
+        raise IllegalTransition(
+            f"escrow {row['id']} went from version {version} to {went_to}, not {new}"
+        )
+    return Moved(row, announced)
+
+
+async def _in_stage(
+    conn: Connection,
+    escrow_id: str,
+    key: str,
+    stages: tuple[EscrowStatus, ...],
+    what: str,
+    *,
+    after: str | None = None,
+) -> None:
+    """Share-lock the escrow and refuse a movement under ``key`` unless it is in one of
+    ``stages`` (and the movement ``after`` was posted) or the movement was posted already (a
+    retry, which :func:`core.money.post` answers with it)."""
+    row = await conn.fetchrow(
+        "SELECT e.status, EXISTS (SELECT 1 FROM ledger_transactions WHERE idempotency_key = $2)"
+        " AS posted, $3::text IS NULL OR EXISTS (SELECT 1 FROM ledger_transactions"
+        " WHERE idempotency_key = $3) AS after_posted"
+        " FROM escrows e WHERE e.id = $1 FOR SHARE",
+        escrow_id,
+        key,
+        after,
+    )
+    if row is None:
+        raise OperatorError(404, f"no escrow {escrow_id!r}")
+    if row["posted"]:
+        return
+    if row["status"] not in stages:
+        raise EscrowMoneyRefused(f"escrow {escrow_id} is {row['status']}: no {what} ({key}) now")
+    if not row["after_posted"]:
+        raise EscrowMoneyRefused(f"escrow {escrow_id} has no {after} to {what}")
+
+
+async def _return_held_debits(conn: Connection, row: asyncpg.Record, *, actor: str) -> None:
+    """Return every debit still in a ``funding`` escrow that is failing: the saga returned the
+    debits it made, and this catches one that committed without it knowing (a stale attempt
+    before the row lock), so ``failed`` always means every debit returned."""
+    for source in await sources(conn, row["id"]):
+        if source.debited and not source.returned:
+            await return_source(
+                conn, row["id"], source.wallet_id, source.amount, row["currency"], actor=actor
+            )

@@ -37,8 +37,9 @@ async def _saga_input(pool: asyncpg.Pool, settings: Settings, row: asyncpg.Recor
         reference=row["reference"],
         expires_at=row["expires_at"].isoformat(),
         actor=row["created_by"],
-        created_event_id=escrow.event_id(row["id"], 1),
+        created_event_id=escrow.event_id(row["id"], escrow.CREATED_VERSION),
         compensation_alert_seconds=settings.escrow_compensation_alert_seconds,
+        version=escrow.CREATED_VERSION,
     )
 
 

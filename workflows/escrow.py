@@ -100,6 +100,7 @@ class EscrowWorkflow:
     def __init__(self, escrow: EscrowInput) -> None:
         self._escrow = escrow
         self._status = EscrowStatus.CREATED
+        self._version = escrow.version
         self._order: _Order | None = None
         self._orders = 0
         self._done = 0
@@ -237,7 +238,7 @@ class EscrowWorkflow:
                 )
                 transfer_id = transfer.transfer_id
             settle = EscrowSettleInput(
-                self._escrow.escrow_id, request.actor, request.reason, transfer_id
+                self._escrow.escrow_id, self._version, request.actor, request.reason, transfer_id
             )
             await self._step(EscrowActivities.release_escrow, settle)
         except STEP_FAILED as error:
@@ -245,14 +246,16 @@ class EscrowWorkflow:
             await self._move(EscrowStatus.RELEASE_FAILED, SYSTEM, refusal)
             await self._alert(RELEASE_REFUSED.name, f"release refused: {refusal}")
             return
-        self._status = EscrowStatus.RELEASED
+        self._moved(EscrowStatus.RELEASED)
 
     async def _refund(self, request: EscrowRequest) -> None:
         """Return every debit to its source (one transaction with ``refunded``)."""
         await self._move(EscrowStatus.REFUNDING, request.actor, request.reason)
-        settle = EscrowSettleInput(self._escrow.escrow_id, request.actor, request.reason)
+        settle = EscrowSettleInput(
+            self._escrow.escrow_id, self._version, request.actor, request.reason
+        )
         await self._step(EscrowActivities.refund_escrow, settle)
-        self._status = EscrowStatus.REFUNDED
+        self._moved(EscrowStatus.REFUNDED)
 
     def _payout_key(self) -> str:
         # The provider keeps its answer per key, a refusal too: an operator's retry after a
@@ -288,9 +291,17 @@ class EscrowWorkflow:
 
     async def _move(self, to: EscrowStatus, actor: str, reason: str | None) -> None:
         """Move the escrow (the step publishes the transition once committed)."""
-        step = EscrowMoveInput(self._escrow.escrow_id, self._status, to, actor, reason)
+        step = EscrowMoveInput(
+            self._escrow.escrow_id, self._version, self._status, to, actor, reason
+        )
         await self._step(EscrowActivities.move_escrow, step)
+        self._moved(to)
+
+    def _moved(self, to: EscrowStatus) -> None:
+        # Each transition adds one to the escrow's version, which every step names so that a
+        # stale attempt of an earlier one (the escrow came round since) changes nothing.
         self._status = to
+        self._version += 1
 
     async def _step(self, activity: MethodAsyncSingleParam[EscrowActivities, A, R], arg: A) -> R:
         """One Postgres step of the saga (a refusal for good is raised)."""

@@ -6,7 +6,9 @@ releases to a wallet or an external account (confirmed or refused by the provide
 ``release_failed``), refunds and expiries, with the saga's steps of several escrows interleaved as
 concurrent workflows would interleave them. It adds what Temporal does to activities: a step
 executed again after its effect committed and its result was lost (a retry with the same input),
-a completed step replayed at any later time (a late duplicate), and a crash (the step's
+a completed step replayed at any later time (a late duplicate, moves included: the escrow may
+have come round ``release_failed → releasing`` since), a refused debit's first attempt running
+after the escrow has left ``funding`` (refused, nothing moves), and a crash (the step's
 transaction aborted before commit, then retried).
 
 Whole workflows would not fit 10,000 steps in the time budget, so this drives the saga's own
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import string
 import uuid
 from dataclasses import dataclass, field
@@ -55,14 +58,14 @@ from core.contracts import (
     EscrowStatus,
 )
 from core.db import Connection, connect_pool
-from core.errors import InsufficientFunds
+from core.errors import EscrowMoneyRefused, InsufficientFunds
 from core.tenancy import create_merchant
 from tests.support import fresh_database
 
 WALLETS = 8
 TOTAL = 100
 MAX_AMOUNT = 5
-EXAMPLES = 200
+EXAMPLES = int(os.environ.get("P3_EXAMPLES", "200"))
 STEPS = 50
 OPEN = 3
 """Escrows under way at once: enough to interleave sagas, few enough that most of them end."""
@@ -100,7 +103,8 @@ class EscrowModel:
     status: EscrowStatus = S.CREATED
     attempted: set[str] = field(default_factory=set)
     debited: list[EscrowSource] = field(default_factory=list)
-    refused: bool = False
+    refused: list[Step] = field(default_factory=list)
+    version: int = escrow.CREATED_VERSION
     returned: set[str] = field(default_factory=set)
     order: Literal["release", "refund"] | None = None
     releases: int = 0
@@ -267,14 +271,30 @@ class EscrowBank(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.done))
     @rule(data=st.data())
     def late_duplicate(self, data: st.DataObject) -> None:
-        """A completed money step (debit, return, release, refund) executes again later, its
-        escrow having moved on since (a zombie attempt that outlived its timeout): its ledger key
-        makes it change nothing. Moves are replayed only as immediate retries (the
-        ``advance_losing_results`` rule): a move replayed after the escrow went round
-        ``release_failed → releasing`` would find its ``from_status`` again."""
+        """A completed step executes again later, its escrow having moved on since (a zombie
+        attempt that outlived its timeout): a money step's ledger key, a move's version (the
+        escrow may have come round ``release_failed → releasing``) make it change nothing."""
         step = data.draw(st.sampled_from(self.done), label="step")
         outcome = self.runner.run(self._execute(step))
         assert outcome == "ok", (step, outcome)
+
+    def _refused_past_funding(self) -> list[Step]:
+        return [
+            step
+            for model in self.escrows.values()
+            if model.status not in (S.CREATED, S.FUNDING)
+            for step in model.refused
+        ]
+
+    @precondition(lambda self: bool(self._refused_past_funding()))
+    @rule(data=st.data())
+    def late_refused_debit(self, data: st.DataObject) -> None:
+        """A debit refused for insufficient funds has a first attempt that never committed and
+        runs after the escrow left ``funding`` (its wallet may hold enough by now): refused, it
+        moves nothing."""
+        step = data.draw(st.sampled_from(self._refused_past_funding()), label="step")
+        outcome = self.runner.run(self._execute(step))
+        assert outcome == EscrowMoneyRefused.__name__, (step, outcome)
 
     def _next_step(self, model: EscrowModel) -> Step | list[Step]:
         """The steps the workflow may run next (several when its activities run at once)."""
@@ -293,9 +313,9 @@ class EscrowBank(RuleBasedStateMachine):
         if model.status in (S.FUNDED, S.RELEASE_FAILED):
             return self._move(model, S.RELEASING if model.order == "release" else S.REFUNDING)
         if model.status == S.RELEASING:
-            return Step("release", EscrowSettleInput(model.id, ACTOR, None))
+            return Step("release", EscrowSettleInput(model.id, model.version, ACTOR, None))
         if model.status == S.REFUNDING:
-            return Step("refund", EscrowSettleInput(model.id, ACTOR, None))
+            return Step("refund", EscrowSettleInput(model.id, model.version, ACTOR, None))
         raise AssertionError(f"{model.id} is {model.status}: its saga has ended")
 
     def _choose_step(self, model: EscrowModel, data: st.DataObject) -> Step:
@@ -308,11 +328,13 @@ class EscrowBank(RuleBasedStateMachine):
             if data.draw(st.booleans(), label="provider refuses"):
                 return self._move(model, S.RELEASE_FAILED)
             transfer = f"tr_{model.id}_{model.releases}"
-            return Step("release", EscrowSettleInput(model.id, ACTOR, None, transfer))
+            settle = EscrowSettleInput(model.id, model.version, ACTOR, None, transfer)
+            return Step("release", settle)
         return steps
 
     def _move(self, model: EscrowModel, to: EscrowStatus) -> Step:
-        return Step("move", EscrowMoveInput(model.id, model.status, to, ACTOR, None))
+        move = EscrowMoveInput(model.id, model.version, model.status, to, ACTOR, None)
+        return Step("move", move)
 
     def _leg(self, model: EscrowModel, source: EscrowSource) -> EscrowSourceInput:
         return EscrowSourceInput(
@@ -351,6 +373,7 @@ class EscrowBank(RuleBasedStateMachine):
                             arg.escrow_id,
                             arg.from_status,
                             arg.to_status,
+                            version=arg.version,
                             actor=arg.actor,
                             reason=arg.reason,
                         )
@@ -370,12 +393,15 @@ class EscrowBank(RuleBasedStateMachine):
                         await escrow.release(
                             conn,
                             arg.escrow_id,
+                            version=arg.version,
                             actor=arg.actor,
                             reason=arg.reason,
                             transfer_id=arg.transfer_id,
                         )
                     else:
-                        await escrow.refund(conn, arg.escrow_id, actor=arg.actor, reason=None)
+                        await escrow.refund(
+                            conn, arg.escrow_id, version=arg.version, actor=arg.actor, reason=None
+                        )
                     raise _Crash
             except (_Crash, InsufficientFunds):
                 pass
@@ -394,7 +420,7 @@ class EscrowBank(RuleBasedStateMachine):
                 model.debited.append(EscrowSource(arg.wallet_id, arg.amount))
                 self.keys.add(escrow.debit_key(model.id, arg.wallet_id))
             else:
-                model.refused = True
+                model.refused.append(step)
                 return
         else:
             assert outcome == "ok", (step, outcome)
@@ -405,6 +431,7 @@ class EscrowBank(RuleBasedStateMachine):
         elif step.kind == "move":
             assert isinstance(arg, EscrowMoveInput)
             model.status = arg.to_status
+            model.version += 1
             if arg.to_status in (S.RELEASING, S.REFUNDING):
                 model.order = None
             model.releases += arg.to_status == S.RELEASING
@@ -415,13 +442,14 @@ class EscrowBank(RuleBasedStateMachine):
                 self.settled_out += model.held
             model.held = 0
             model.status = S.RELEASED
+            model.version += 1
             self.keys.add(escrow.release_key(model.id))
         elif step.kind == "refund":
             for source in model.sources:
                 self._give_back(model, source.wallet_id, source.amount)
             model.status = S.REFUNDED
-        if step.kind != "move":
-            self.done.append(step)
+            model.version += 1
+        self.done.append(step)
 
     def _give_back(self, model: EscrowModel, wallet: str, amount: int) -> None:
         self.balances[wallet] += amount
