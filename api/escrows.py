@@ -251,7 +251,9 @@ async def _change(
             if error.status == RPCStatusCode.NOT_FOUND:
                 if await _was_taken(handle, update_id):
                     return 202, _Accepted(id=escrow_id)
-                raise EscrowConflict(f"escrow {escrow_id} has ended") from None
+                raise EscrowConflict(
+                    f"escrow {escrow_id} is {row['status']}: it cannot be {action}ed"
+                ) from None
             # Not an answer to store: the key is released and the client retries.
             raise _unreachable(error) from None
         except (RuntimeError, TimeoutError, RPCTimeoutOrCancelledError) as error:
