@@ -35,13 +35,7 @@ from redis.exceptions import RedisError
 
 from core.contracts import merchant_channel
 from core.db import DATABASE_UNREACHABLE, Connection
-from core.merchant_events import (
-    derive_seq_prefix,
-    encode_merchant_event,
-    events_after,
-    head_seq,
-    heads_and_events_after,
-)
+from core.merchant_events import MERCHANT_EVENT_TABLE, EventTable, derive_seq_prefix, encode_event
 
 __all__ = [
     "MERCHANT_EVENTS",
@@ -111,8 +105,13 @@ class Topic:
 class FeedSource(abc.ABC):
     """Where a kind of topic keeps its events and how they travel: what the gateway needs."""
 
-    name_key: str
-    """The first field of every encoded event, naming its topic."""
+    table: EventTable
+    """The table holding this kind's events, each topic's under :meth:`name`."""
+
+    @property
+    def name_key(self) -> str:
+        """The first field of every encoded event (its table's name column), naming its topic."""
+        return self.table.name_key
 
     @abc.abstractmethod
     def name(self, topic: Topic) -> str:
@@ -123,14 +122,13 @@ class FeedSource(abc.ABC):
         """The Redis pub/sub channel carrying ``topic``'s events."""
 
     @abc.abstractmethod
-    def encode(self, row: Mapping[str, Any] | asyncpg.Record) -> str:
-        """An event row as the compact JSON every client receives."""
-
-    @abc.abstractmethod
     def topic_of(self, row: Mapping[str, Any] | asyncpg.Record) -> Topic:
         """The topic an event row (of this source) belongs to."""
 
-    @abc.abstractmethod
+    def encode(self, row: Mapping[str, Any] | asyncpg.Record) -> str:
+        """An event row as the compact JSON every client receives."""
+        return encode_event(self.name_key, row)
+
     async def events_after(
         self,
         conn: Connection | asyncpg.Pool,
@@ -141,17 +139,24 @@ class FeedSource(abc.ABC):
         limit: int = 500,
     ) -> list[asyncpg.Record]:
         """``topic``'s events with ``after_seq < seq <= up_to``, in seq order, at most ``limit``."""
+        return await self.table.events_after(
+            conn, self.name(topic), after_seq, up_to=up_to, limit=limit
+        )
 
-    @abc.abstractmethod
     async def head(self, conn: Connection | asyncpg.Pool, topic: Topic) -> int:
         """``topic``'s latest committed seq (0 before its first event)."""
+        return await self.table.head(conn, self.name(topic))
 
-    @abc.abstractmethod
     async def heads_and_events_after(
         self, conn: Connection | asyncpg.Pool, heads: Mapping[Topic, int], *, limit_per_topic: int
     ) -> list[asyncpg.Record]:
         """For many topics at once, the events after each one's seq (one round trip), at most
         ``limit_per_topic`` each: a caller catching up loops until a topic returns fewer."""
+        return await self.table.heads_and_events_after(
+            conn,
+            {self.name(topic): head for topic, head in heads.items()},
+            limit_per_feed=limit_per_topic,
+        )
 
     def seq_prefix(self, topic: Topic) -> bytes:
         """How every encoded event of ``topic`` begins, up to its seq digits (the gateway's
@@ -163,7 +168,7 @@ class FeedSource(abc.ABC):
 class _MerchantEvents(FeedSource):
     """Merchant topics: the ``events`` table and its wire format, as they have always been."""
 
-    name_key = "merchant_id"
+    table = MERCHANT_EVENT_TABLE
 
     def name(self, topic: Topic) -> str:
         return topic.id
@@ -171,58 +176,23 @@ class _MerchantEvents(FeedSource):
     def channel(self, topic: Topic) -> str:
         return merchant_channel(topic.id)
 
-    def encode(self, row: Mapping[str, Any] | asyncpg.Record) -> str:
-        return encode_merchant_event(row)
-
     def topic_of(self, row: Mapping[str, Any] | asyncpg.Record) -> Topic:
         return Topic.merchant(row["merchant_id"])
 
-    async def events_after(
-        self,
-        conn: Connection | asyncpg.Pool,
-        topic: Topic,
-        after_seq: int,
-        *,
-        up_to: int | None = None,
-        limit: int = 500,
-    ) -> list[asyncpg.Record]:
-        return await events_after(conn, topic.id, after_seq, up_to=up_to, limit=limit)
 
-    async def head(self, conn: Connection | asyncpg.Pool, topic: Topic) -> int:
-        return await head_seq(conn, topic.id)
-
-    async def heads_and_events_after(
-        self, conn: Connection | asyncpg.Pool, heads: Mapping[Topic, int], *, limit_per_topic: int
-    ) -> list[asyncpg.Record]:
-        return await heads_and_events_after(
-            conn,
-            {topic.id: head for topic, head in heads.items()},
-            limit_per_merchant=limit_per_topic,
-        )
-
-
-_TOPIC_COLUMNS = "topic, seq, event_id, type, data, created_at"
+_FEED_EVENT_TABLE = EventTable("feed_events", "topic")
+_TOPIC_COLUMNS = _FEED_EVENT_TABLE.columns
 
 
 def encode_feed_event(row: Mapping[str, Any] | asyncpg.Record) -> str:
     """``{topic, seq, event_id, type, data, occurred_at}`` as compact JSON."""
-    return json.dumps(
-        {
-            "topic": row["topic"],
-            "seq": row["seq"],
-            "event_id": row["event_id"],
-            "type": row["type"],
-            "data": row["data"],
-            "occurred_at": row["created_at"].isoformat(),
-        },
-        separators=(",", ":"),
-    )
+    return encode_event("topic", row)
 
 
 class _TopicEvents(FeedSource):
     """Desk and request topics: the ``feed_events`` table, keyed by the topic's key."""
 
-    name_key = "topic"
+    table = _FEED_EVENT_TABLE
 
     def name(self, topic: Topic) -> str:
         return topic.key
@@ -230,54 +200,8 @@ class _TopicEvents(FeedSource):
     def channel(self, topic: Topic) -> str:
         return f"{CHANNEL_PREFIX}{topic.key}"
 
-    def encode(self, row: Mapping[str, Any] | asyncpg.Record) -> str:
-        return encode_feed_event(row)
-
     def topic_of(self, row: Mapping[str, Any] | asyncpg.Record) -> Topic:
         return Topic.parse(row["topic"])
-
-    async def events_after(
-        self,
-        conn: Connection | asyncpg.Pool,
-        topic: Topic,
-        after_seq: int,
-        *,
-        up_to: int | None = None,
-        limit: int = 500,
-    ) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await conn.fetch(
-            f"SELECT {_TOPIC_COLUMNS} FROM feed_events WHERE topic = $1 AND seq > $2"
-            " AND ($3::bigint IS NULL OR seq <= $3) ORDER BY seq LIMIT $4",
-            topic.key,
-            after_seq,
-            up_to,
-            limit,
-        )
-        return rows
-
-    async def head(self, conn: Connection | asyncpg.Pool, topic: Topic) -> int:
-        # The committed head, not feed_heads.last_seq: that row may be ahead, locked by a
-        # transaction that has not committed yet.
-        seq: int | None = await conn.fetchval(
-            "SELECT max(seq) FROM feed_events WHERE topic = $1", topic.key
-        )
-        return seq or 0
-
-    async def heads_and_events_after(
-        self, conn: Connection | asyncpg.Pool, heads: Mapping[Topic, int], *, limit_per_topic: int
-    ) -> list[asyncpg.Record]:
-        keys = [topic.key for topic in heads]
-        rows: list[asyncpg.Record] = await conn.fetch(
-            "SELECT e.topic, e.seq, e.event_id, e.type, e.data, e.created_at"
-            " FROM unnest($1::text[], $2::bigint[]) AS h(topic, head) CROSS JOIN LATERAL ("
-            f" SELECT {_TOPIC_COLUMNS} FROM feed_events WHERE feed_events.topic = h.topic"
-            "  AND feed_events.seq > h.head ORDER BY seq LIMIT $3) AS e"
-            " ORDER BY e.topic, e.seq",
-            keys,
-            list(heads.values()),
-            limit_per_topic,
-        )
-        return rows
 
 
 MERCHANT_EVENTS: FeedSource = _MerchantEvents()

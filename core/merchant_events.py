@@ -5,12 +5,17 @@ and after gaps, and the api's sync endpoint returns it, so a client cannot tell 
 event took. The ``events`` table gives each merchant a gapless ``seq``; every writer (the ledger,
 the escrow saga) appends through :func:`append_merchant_event`, which allocates it under the
 merchant row's lock, so seq *n* existing means every seq below *n* is committed.
+
+Every other feed (:mod:`core.feeds`) keeps its events in this shape too, named by another first
+field, so the encoding (:func:`encode_event`), the seq prefix (:func:`derive_seq_prefix`) and the
+reads (:class:`EventTable`) are written once here for all of them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,16 +24,15 @@ import asyncpg
 from core.db import Connection
 
 __all__ = [
+    "MERCHANT_EVENT_TABLE",
+    "EventTable",
     "append_merchant_event",
     "derive_seq_prefix",
+    "encode_event",
     "encode_merchant_event",
     "events_after",
-    "head_seq",
-    "heads_and_events_after",
     "seq_prefix",
 ]
-
-_COLUMNS = "merchant_id, seq, event_id, type, data, created_at"
 
 
 async def append_merchant_event(
@@ -51,11 +55,12 @@ async def append_merchant_event(
     return seq
 
 
-def encode_merchant_event(row: Mapping[str, Any] | asyncpg.Record) -> str:
-    """``{merchant_id, seq, event_id, type, data, occurred_at}`` as compact JSON."""
+def encode_event(name_key: str, row: Mapping[str, Any] | asyncpg.Record) -> str:
+    """``{<name_key>, seq, event_id, type, data, occurred_at}`` as compact JSON: every feed's
+    events, named by their first field (``merchant_id`` here, ``topic`` in :mod:`core.feeds`)."""
     return json.dumps(
         {
-            "merchant_id": row["merchant_id"],
+            name_key: row[name_key],
             "seq": row["seq"],
             "event_id": row["event_id"],
             "type": row["type"],
@@ -64,6 +69,11 @@ def encode_merchant_event(row: Mapping[str, Any] | asyncpg.Record) -> str:
         },
         separators=(",", ":"),
     )
+
+
+def encode_merchant_event(row: Mapping[str, Any] | asyncpg.Record) -> str:
+    """``{merchant_id, seq, event_id, type, data, occurred_at}`` as compact JSON."""
+    return encode_event("merchant_id", row)
 
 
 def seq_prefix(merchant_id: str) -> bytes:
@@ -101,6 +111,75 @@ def derive_seq_prefix(
     return prefix
 
 
+@dataclass(frozen=True)
+class EventTable:
+    """A table of feed events, each feed named by the column ``name_key`` and numbered by its own
+    gapless ``seq`` (``events`` by ``merchant_id``; ``feed_events`` by ``topic``): the reads
+    every feed's events share."""
+
+    table: str
+    name_key: str
+
+    @property
+    def columns(self) -> str:
+        """The columns an event row is read with (what :func:`encode_event` takes)."""
+        return f"{self.name_key}, seq, event_id, type, data, created_at"
+
+    async def events_after(
+        self,
+        conn: Connection | asyncpg.Pool,
+        name: str,
+        after_seq: int,
+        *,
+        up_to: int | None = None,
+        limit: int = 500,
+    ) -> list[asyncpg.Record]:
+        """Feed ``name``'s events with ``after_seq < seq <= up_to``, in seq order, at most
+        ``limit``."""
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f"SELECT {self.columns} FROM {self.table} WHERE {self.name_key} = $1 AND seq > $2"
+            " AND ($3::bigint IS NULL OR seq <= $3) ORDER BY seq LIMIT $4",
+            name,
+            after_seq,
+            up_to,
+            limit,
+        )
+        return rows
+
+    async def heads_and_events_after(
+        self, conn: Connection | asyncpg.Pool, heads: Mapping[str, int], *, limit_per_feed: int
+    ) -> list[asyncpg.Record]:
+        """For many feeds at once (by name), the events after each one's seq (one round trip).
+
+        Ordered by feed then seq; at most ``limit_per_feed`` per feed, so a caller catching up
+        loops until a feed returns fewer.
+        """
+        name, table = self.name_key, self.table
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f"SELECT e.{name}, e.seq, e.event_id, e.type, e.data, e.created_at"
+            f" FROM unnest($1::text[], $2::bigint[]) AS h({name}, head) CROSS JOIN LATERAL ("
+            f" SELECT {self.columns} FROM {table} WHERE {table}.{name} = h.{name}"
+            f"  AND {table}.seq > h.head ORDER BY seq LIMIT $3) AS e"
+            f" ORDER BY e.{name}, e.seq",
+            list(heads),
+            list(heads.values()),
+            limit_per_feed,
+        )
+        return rows
+
+    async def head(self, conn: Connection | asyncpg.Pool, name: str) -> int:
+        """Feed ``name``'s latest committed seq (0 before its first event)."""
+        # The committed head, not the feed's counter (merchants.last_seq, feed_heads.last_seq):
+        # that row may be ahead, locked by a transaction that has not committed yet.
+        seq: int | None = await conn.fetchval(
+            f"SELECT max(seq) FROM {self.table} WHERE {self.name_key} = $1", name
+        )
+        return seq or 0
+
+
+MERCHANT_EVENT_TABLE = EventTable("events", "merchant_id")
+
+
 async def events_after(
     conn: Connection | asyncpg.Pool,
     merchant_id: str,
@@ -110,43 +189,6 @@ async def events_after(
     limit: int = 500,
 ) -> list[asyncpg.Record]:
     """One merchant's events with ``after_seq < seq <= up_to``, in seq order, at most ``limit``."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM events WHERE merchant_id = $1 AND seq > $2"
-        " AND ($3::bigint IS NULL OR seq <= $3) ORDER BY seq LIMIT $4",
-        merchant_id,
-        after_seq,
-        up_to,
-        limit,
+    return await MERCHANT_EVENT_TABLE.events_after(
+        conn, merchant_id, after_seq, up_to=up_to, limit=limit
     )
-    return rows
-
-
-async def heads_and_events_after(
-    conn: Connection | asyncpg.Pool, heads: Mapping[str, int], *, limit_per_merchant: int = 500
-) -> list[asyncpg.Record]:
-    """For many merchants at once, the events after each one's seq (one round trip).
-
-    Ordered by merchant then seq; at most ``limit_per_merchant`` per merchant, so a caller
-    catching up loops until a merchant returns fewer.
-    """
-    merchant_ids: Sequence[str] = list(heads)
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT e.merchant_id, e.seq, e.event_id, e.type, e.data, e.created_at"
-        " FROM unnest($1::text[], $2::bigint[])"
-        " AS h(merchant_id, head) CROSS JOIN LATERAL ("
-        f" SELECT {_COLUMNS} FROM events WHERE events.merchant_id = h.merchant_id"
-        "  AND events.seq > h.head ORDER BY seq LIMIT $3) AS e"
-        " ORDER BY e.merchant_id, e.seq",
-        merchant_ids,
-        [heads[m] for m in merchant_ids],
-        limit_per_merchant,
-    )
-    return rows
-
-
-async def head_seq(conn: Connection | asyncpg.Pool, merchant_id: str) -> int:
-    """The merchant's latest committed seq (0 before its first event)."""
-    seq: int | None = await conn.fetchval(
-        "SELECT max(seq) FROM events WHERE merchant_id = $1", merchant_id
-    )
-    return seq or 0
