@@ -99,19 +99,27 @@ def escrows_show(escrow_id: str, as_json: Json = False) -> None:
         emit(as_json, escrow, table)
 
 
+def _settle(
+    escrow_id: str, action: str, reason: str | None, key: str | None, as_json: bool
+) -> None:
+    """Ask for the escrow's ``release`` or ``refund`` (the api waits for its outcome) and say where
+    it stands."""
+    escrow = call(
+        as_json,
+        "POST",
+        f"/v1/escrows/{escrow_id}/{action}",
+        json={"reason": reason},
+        headers=_key(key),
+    )
+    emit(as_json, escrow, _said(escrow))
+
+
 @escrows_app.command("release")
 def escrows_release(
     escrow_id: str, reason: Reason = None, key: Key = None, as_json: Json = False
 ) -> None:
     """Release a funded escrow to its beneficiary."""
-    escrow = call(
-        as_json,
-        "POST",
-        f"/v1/escrows/{escrow_id}/release",
-        json={"reason": reason},
-        headers=_key(key),
-    )
-    emit(as_json, escrow, _said(escrow))
+    _settle(escrow_id, "release", reason, key, as_json)
 
 
 @escrows_app.command("refund")
@@ -119,14 +127,7 @@ def escrows_refund(
     escrow_id: str, reason: Reason = None, key: Key = None, as_json: Json = False
 ) -> None:
     """Return a funded (or release_failed) escrow to its sources."""
-    escrow = call(
-        as_json,
-        "POST",
-        f"/v1/escrows/{escrow_id}/refund",
-        json={"reason": reason},
-        headers=_key(key),
-    )
-    emit(as_json, escrow, _said(escrow))
+    _settle(escrow_id, "refund", reason, key, as_json)
 
 
 @escrows_app.command("list")
