@@ -8,56 +8,19 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from typing import Any
 
 import asyncpg
 import httpx
 
-from api.auth import create_api_key
 from api.exchange import RATE_WINDOW_SECONDS
-from core.settings import DEV_ADMIN_API_KEY, Settings
+from core.settings import Settings
+from tests.exchange.support import ADMIN, create_request, keyed, operators, request_body
 from tests.money_support import new_merchant
 
-ADMIN = {"authorization": f"Bearer {DEV_ADMIN_API_KEY}"}
 CLAIMERS = 50
 REQUESTS = 100
 RACE_SECONDS = 120
 """Bound on the whole race: 5,000 claims on two cores."""
-
-
-def body(merchant: str, customer: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {
-        "merchant_id": merchant,
-        "customer_id": customer or f"c-{uuid.uuid4().hex[:10]}",
-        "from_amount": 10_000,
-        "from_currency": "EUR",
-        "to_currency": "USDT",
-        **extra,
-    }
-
-
-def keyed(headers: dict[str, str], key: str | None = None) -> dict[str, str]:
-    return {**headers, "Idempotency-Key": key or str(uuid.uuid4())}
-
-
-async def create(http: httpx.AsyncClient, merchant: str, **extra: Any) -> dict[str, Any]:
-    response = await http.post(
-        "/v1/exchange-requests", json=body(merchant, **extra), headers=keyed(ADMIN)
-    )
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-async def operators(pool: asyncpg.Pool, count: int) -> list[tuple[str, dict[str, str]]]:
-    """``count`` operators with API keys of their own: (actor, headers)."""
-    found = []
-    run = uuid.uuid4().hex[:6]
-    async with pool.acquire() as conn:
-        for n in range(count):
-            key_id, key = await create_api_key(conn, f"desk-{run}-{n}", ["read", "replay"])
-            found.append((f"api-key:{key_id}:desk-{run}-{n}", {"authorization": f"Bearer {key}"}))
-    return found
 
 
 async def test_of_fifty_simultaneous_claimers_exactly_one_wins(
@@ -67,7 +30,7 @@ async def test_of_fifty_simultaneous_claimers_exactly_one_wins(
     naming the winner, never a 5xx; the audit log has one claim per request."""
     merchant = await new_merchant(pool)
     desk = await operators(pool, CLAIMERS)
-    requests = [(await create(http, merchant))["id"] for _ in range(REQUESTS)]
+    requests = [(await create_request(http, merchant))["id"] for _ in range(REQUESTS)]
     limits = httpx.Limits(max_connections=CLAIMERS * 2, max_keepalive_connections=CLAIMERS * 2)
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=api_url, timeout=60, limits=limits) as client:
@@ -120,7 +83,7 @@ async def test_a_request_is_worked_through_its_states(
     it where and why; a finished request moves no more."""
     merchant = await new_merchant(pool)
     (alice, as_alice), (bob, as_bob) = await operators(pool, 2)
-    request = await create(http, merchant, quote=99)
+    request = await create_request(http, merchant, quote=99)
     assert (request["status"], request["assignee"], request["quote"]) == ("pending", None, 99)
     base = f"/v1/exchange-requests/{request['id']}"
 
@@ -168,7 +131,7 @@ async def test_create_is_idempotent(http: httpx.AsyncClient, pool: asyncpg.Pool)
     """The same key and body create one request (the repeat replays it); the same key with
     another body is a 422; a request without a key is refused."""
     merchant = await new_merchant(pool)
-    sent = body(merchant)
+    sent = request_body(merchant)
     key = str(uuid.uuid4())
     first, again = [
         await http.post("/v1/exchange-requests", json=sent, headers=keyed(ADMIN, key))
@@ -201,7 +164,7 @@ async def test_each_customer_is_rate_limited(
     window = int(time.time()) // RATE_WINDOW_SECONDS
     answers = [
         await http.post(
-            "/v1/exchange-requests", json=body(merchant, customer), headers=keyed(ADMIN)
+            "/v1/exchange-requests", json=request_body(merchant, customer), headers=keyed(ADMIN)
         )
         for _ in range(2 * limit + 1)
     ]
@@ -217,4 +180,4 @@ async def test_each_customer_is_rate_limited(
         assert answer.headers["content-type"] == "application/problem+json"
         assert 1 <= int(answer.headers["retry-after"]) <= RATE_WINDOW_SECONDS
         assert answer.json()["type"] == "/problems/rate-limited"
-    assert (await create(http, merchant))["status"] == "pending"
+    assert (await create_request(http, merchant))["status"] == "pending"

@@ -17,21 +17,29 @@ from core.settings import DEV_ADMIN_API_KEY
 ADMIN = {"authorization": f"Bearer {DEV_ADMIN_API_KEY}"}
 
 
+def request_body(merchant: str, customer: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A create's body: 100.00 EUR to USDT for ``customer`` (a fresh one by default)."""
+    return {
+        "merchant_id": merchant,
+        "customer_id": customer or f"c-{uuid.uuid4().hex[:10]}",
+        "from_amount": 10_000,
+        "from_currency": "EUR",
+        "to_currency": "USDT",
+        **extra,
+    }
+
+
+def keyed(headers: dict[str, str], key: str | None = None) -> dict[str, str]:
+    """``headers`` with an ``Idempotency-Key`` (a fresh one by default)."""
+    return {**headers, "Idempotency-Key": key or str(uuid.uuid4())}
+
+
 async def create_request(
     http: httpx.AsyncClient, merchant: str, *, key: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     """Create one exchange request (201) and return it."""
     response = await http.post(
-        "/v1/exchange-requests",
-        json={
-            "merchant_id": merchant,
-            "customer_id": f"c-{uuid.uuid4().hex[:10]}",
-            "from_amount": 10_000,
-            "from_currency": "EUR",
-            "to_currency": "USDT",
-            **extra,
-        },
-        headers={**ADMIN, "Idempotency-Key": key or str(uuid.uuid4())},
+        "/v1/exchange-requests", json=request_body(merchant, **extra), headers=keyed(ADMIN, key)
     )
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
