@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
 from api import alerts, dashboard, deliveries, desk, escrows, exchange, ingress, operator, wallets
+from api.escrow_moves import EscrowMoves
 from api.inbox import Inbox
 from api.limits import GuardedHttpToolsProtocol, RequestLimits
 from api.partners import PartnerDirectory
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.temporal_address, namespace=settings.temporal_namespace, lazy=True
         )
         app.state.exchange_workflows = ExchangeWorkflows(app.state.temporal, pool, settings)
+        app.state.escrow_moves = EscrowMoves(settings.database_url)
         app.state.ingress = ingress.Ingress(
             settings=settings,
             partners=PartnerDirectory(pool),
@@ -130,6 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await app.state.exchange_workflows.close()
+            await app.state.escrow_moves.close()
             await inbox.close()
             await redis.aclose()
             await pool.close()

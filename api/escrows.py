@@ -21,7 +21,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from temporalio.client import (
@@ -36,6 +36,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import OPERATOR_PROBLEMS, Config, Pool, Read, Temporal, single_valued_query
+from api.escrow_moves import EscrowMoves
 from api.idempotency import IDEMPOTENCY_PROBLEMS, IDEMPOTENCY_WHY, Idempotent
 from api.problems import problems
 from api.schemas import (
@@ -89,6 +90,11 @@ can time out here after the workflow took it (it records the order's first steps
 server reports it accepted), so the repeat attaches to the same update instead of a 409."""
 
 
+def _escrow_moves(request: Request) -> EscrowMoves:
+    moves: EscrowMoves = request.app.state.escrow_moves
+    return moves
+
+
 class _Accepted(BaseModel):
     """What a key stores: the escrow the request created or changed (its effect)."""
 
@@ -109,7 +115,12 @@ class _Accepted(BaseModel):
     },
 )
 async def create_escrow(
-    body: EscrowIn, once: Idempotent, pool: Pool, settings: Config, temporal: Temporal
+    body: EscrowIn,
+    once: Idempotent,
+    pool: Pool,
+    settings: Config,
+    temporal: Temporal,
+    moves: Annotated[EscrowMoves, Depends(_escrow_moves)],
 ) -> JSONResponse:
     """Create an escrow funded from the merchant's wallets and start its saga; answers with the
     funding outcome (``funded`` or ``failed``) if it comes in time, else 202."""
@@ -137,7 +148,8 @@ async def create_escrow(
     row = await unstarted(pool, ESCROWS, escrow_id)
     if row is not None and not await start_and_mark(temporal, pool, settings, ESCROWS, row):
         return await _answer(pool, escrow_id, answer, done=201, pending=_FUNDING)
-    await _wait(temporal, escrow_id, "funding_outcome", None, settings.escrow_wait_seconds)
+    # The outcome is waited for in Postgres: asking the workflow would cost it a task.
+    await moves.wait(pool, escrow_id, _FUNDING, settings.escrow_wait_seconds)
     return await _answer(pool, escrow_id, answer, done=201, pending=_FUNDING)
 
 
@@ -293,7 +305,7 @@ def _unreachable(error: Exception) -> WorkflowEngineUnavailable:
 
 
 async def _wait(
-    temporal: Client, escrow_id: str, update: str, update_id: str | None, seconds: float
+    temporal: Client, escrow_id: str, update: str, update_id: str, seconds: float
 ) -> None:
     """Wait up to ``seconds`` for the workflow's answer to ``update``; Postgres says the rest.
 
@@ -304,16 +316,13 @@ async def _wait(
     handle = temporal.get_workflow_handle(escrow_workflow_id(escrow_id))
     try:
         async with asyncio.timeout(seconds):
-            if update_id is None:
-                await handle.execute_update(update)
-            else:
-                await handle.get_update_handle(update_id).result()
+            await handle.get_update_handle(update_id).result()
     except WorkflowUpdateFailedError as error:
         cause = error.cause
         if isinstance(cause, ApplicationError) and cause.type == ESCROW_REFUSED:
             raise EscrowConflict(cause.message) from None
     except RPCError as error:
-        if update_id is not None and error.status == RPCStatusCode.NOT_FOUND:
+        if error.status == RPCStatusCode.NOT_FOUND:
             raise EscrowConflict(f"escrow {escrow_id} refused this {update}") from None
         log.warning("escrow %s: no answer to %s yet: %s", escrow_id, update, error)
     except RuntimeError as error:  # the engine unreachable before the client ever connected

@@ -23,6 +23,7 @@ __all__ = [
     "DELIVERY_TRANSITIONS",
     "ENTITY_ID",
     "ESCROW_ID",
+    "ESCROW_MOVES_CHANNEL",
     "ESCROW_REFUSED",
     "ESCROW_TRANSITIONS",
     "EVENT_TYPE",
@@ -417,6 +418,10 @@ listens)."""
 ALERTS_CHANNEL = "switchboard_alerts"
 """Postgres NOTIFY channel: an alert opened or resolved (the alert relay listens)."""
 
+
+ESCROW_MOVES_CHANNEL = "switchboard_escrow_moves"
+"""Postgres NOTIFY channel: an escrow moved (payload: its id), sent as the transition commits
+(the api's waits for a funding outcome listen)."""
 
 WORKFLOW_STARTS_CHANNEL = "switchboard_workflow_starts"
 """Postgres NOTIFY channel: a row (an exchange request, an escrow) may lack its workflow (the

@@ -35,7 +35,7 @@ import asyncpg
 
 from core import money
 from core.audit import audit
-from core.contracts import ESCROW_TRANSITIONS, EscrowSource, EscrowStatus
+from core.contracts import ESCROW_MOVES_CHANNEL, ESCROW_TRANSITIONS, EscrowSource, EscrowStatus
 from core.db import Connection
 from core.errors import CurrencyMismatch, EscrowMoneyRefused, IllegalTransition, OperatorError
 from core.merchant_events import append_merchant_event
@@ -213,13 +213,15 @@ async def move(
             )
         if new == EscrowStatus.FAILED:
             await _return_held_debits(conn, row, actor=actor)
+        # The NOTIFY goes out when the transition commits (api.escrow_moves listens).
         moved = await conn.fetchrow(
             "UPDATE escrows SET status = $2, version = version + 1, updated_at = clock_timestamp(),"
             f" payout_transfer_id = coalesce($3, payout_transfer_id) WHERE id = $1"
-            f" RETURNING {COLUMNS}",
+            f" RETURNING {COLUMNS}, pg_notify($4, id)::text AS notified",
             escrow_id,
             new,
             transfer_id,
+            ESCROW_MOVES_CHANNEL,
         )
         assert moved is not None
         announced = await _announce(conn, moved, old, actor=actor, reason=reason)

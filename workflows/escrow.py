@@ -132,14 +132,6 @@ class EscrowWorkflow:
         return self._status
 
     @workflow.update
-    async def funding_outcome(self) -> str:
-        """Answers once funding has ended: ``funded`` (or later) or ``failed``."""
-        await workflow.wait_condition(
-            lambda: self._status not in (EscrowStatus.CREATED, EscrowStatus.FUNDING)
-        )
-        return self._status
-
-    @workflow.update
     async def release(self, request: EscrowRequest) -> str:
         """Release the escrow to its beneficiary; answers with where that left it
         (``released``, or ``release_failed`` if the release was refused for good)."""
