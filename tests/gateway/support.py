@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 from playwright.async_api import Page, async_playwright
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
-from core import feeds
+from core import exchange, feeds
 from core.contracts import merchant_channel
 from core.dashboard_tokens import issue_dashboard_token, issue_topic_token
 from core.feeds import Topic
@@ -31,7 +32,7 @@ from core.settings import Settings
 from devstack.ports import free_port
 from devstack.processes import REPO, SwitchboardProcess, spawn_switchboard
 from gateway.server import Gateway
-from tests.support import wait_for
+from tests.support import running_api, wait_for
 
 ROOT = REPO
 ORIGIN = Origin("http://127.0.0.1:8400")
@@ -39,6 +40,34 @@ ORIGIN = Origin("http://127.0.0.1:8400")
 
 def merchant_id() -> str:
     return f"m_{uuid.uuid4().hex[:12]}"
+
+
+async def add_merchant(pool: asyncpg.Pool) -> str:
+    """A merchant of its own: a bare row, named by its id."""
+    merchant = merchant_id()
+    await pool.execute("INSERT INTO merchants (id, name) VALUES ($1, $1)", merchant)
+    return merchant
+
+
+async def add_exchange_request(pool: asyncpg.Pool, merchant: str) -> asyncpg.Record:
+    """A new exchange request of ``merchant`` (created → pending) through :mod:`core.exchange`,
+    its feed events appended but not published."""
+    async with pool.acquire() as conn:
+        return await exchange.create(
+            conn,
+            merchant_id=merchant,
+            customer_id="c-1",
+            from_amount=10_000,
+            from_currency="EUR",
+            to_currency="USDT",
+            quote=None,
+            actor="tests",
+        )
+
+
+async def topic_head(pool: asyncpg.Pool, topic: Topic) -> int:
+    """``topic``'s latest committed seq, from its own source."""
+    return await topic.source.head(pool, topic)
 
 
 def token_for(
@@ -72,6 +101,40 @@ async def running_gateway(
         yield gateway
     finally:
         await gateway.stop()
+
+
+@dataclass(frozen=True)
+class PageServers:
+    """The api serving the pages, a client of it, and a gateway accepting the pages' Origin."""
+
+    api_url: str
+    http: httpx.AsyncClient
+    gateway: Gateway
+    gateway_settings: Settings
+
+
+async def serve_pages(
+    exits: contextlib.AsyncExitStack,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    gateway_port: int,
+    *,
+    admin: bool = True,
+    timeout: float = 10,
+) -> PageServers:
+    """The api on ``settings`` and a gateway on ``gateway_port`` that accepts the api's Origin
+    (the pages are served by the api, as the dashboard is), with a client of the api sending
+    the admin key unless ``admin`` is False; all stopped by ``exits``."""
+    api_url = await exits.enter_async_context(running_api(settings))
+    gateway_settings = settings.model_copy(update={"gateway_allowed_origins": [api_url]})
+    gateway = await exits.enter_async_context(running_gateway(gateway_settings, pool, gateway_port))
+    headers = (
+        {"authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"} if admin else {}
+    )
+    http = await exits.enter_async_context(
+        httpx.AsyncClient(base_url=api_url, headers=headers, timeout=timeout)
+    )
+    return PageServers(api_url, http, gateway, gateway_settings)
 
 
 def _redis_connected(gateway: Gateway):

@@ -18,8 +18,8 @@ from devstack.ports import free_port
 from gateway.server import Gateway
 from tests.gateway.support import (
     Recorder,
+    add_merchant,
     append_events,
-    merchant_id,
     running_gateway,
     signed_in_page,
     token_for,
@@ -50,17 +50,11 @@ async def stack(gw_settings: Settings) -> AsyncIterator[Stack]:
             yield Stack(api_url, api_settings, gateway_settings, gateway_port, http)
 
 
-async def _merchant(pool: asyncpg.Pool) -> str:
-    merchant = merchant_id()
-    await pool.execute("INSERT INTO merchants (id, name) VALUES ($1, $1)", merchant)
-    return merchant
-
-
 async def test_dashboard_tokens_are_issued_to_read_keys_for_known_merchants(
     stack: Stack, gw_pool: asyncpg.Pool
 ) -> None:
     """A read key gets a token naming the gateway; no key is 401, an unknown merchant 404."""
-    merchant = await _merchant(gw_pool)
+    merchant = await add_merchant(gw_pool)
     response = await stack.http.post(f"/v1/merchants/{merchant}/dashboard-tokens")
     assert response.status_code == 201, response.text
     body = response.json()
@@ -82,7 +76,7 @@ async def test_sync_returns_a_consistent_snapshot_and_pages(
 ) -> None:
     """Sync answers head_seq with the events up to it, pages after since_seq, and accepts the
     merchant's own dashboard token but not another merchant's."""
-    merchant, other = await _merchant(gw_pool), await _merchant(gw_pool)
+    merchant, other = await add_merchant(gw_pool), await add_merchant(gw_pool)
     await append_events(gw_pool, None, merchant, 30)
     latest = (await stack.http.get(f"/v1/merchants/{merchant}/sync", params={"limit": 10})).json()
     assert latest["head_seq"] == 30
@@ -108,7 +102,7 @@ async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_me
     """In headless Chromium: live events appear, a gateway restart loses none (the page resumes
     from its last seq), and another merchant's events never show."""
 
-    merchant, other = await _merchant(gw_pool), await _merchant(gw_pool)
+    merchant, other = await add_merchant(gw_pool), await add_merchant(gw_pool)
     await append_events(gw_pool, gw_redis, merchant, 5)  # history the page loads through sync
     async with contextlib.AsyncExitStack() as exits:
         gateway: Gateway = await exits.enter_async_context(
@@ -159,7 +153,7 @@ async def test_the_page_reloads_through_sync_when_too_far_behind_to_resume(
     is closed with 3010, reloads its state through sync, and goes live from its head_seq."""
 
     settings = stack.gateway_settings.model_copy(update={"gateway_max_replay_events": 20})
-    merchant = await _merchant(gw_pool)
+    merchant = await add_merchant(gw_pool)
     await append_events(gw_pool, gw_redis, merchant, 5)
     async with contextlib.AsyncExitStack() as exits:
         gateway: Gateway = await exits.enter_async_context(

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,9 @@ from api.auth import create_api_key
 from core.settings import Settings
 from devstack.ports import free_port
 from gateway.server import Gateway
-from tests.gateway.support import merchant_id, running_gateway
-from tests.support import fresh_database, running_api, stores
+from tests.exchange.support import create_request
+from tests.gateway.support import add_merchant, running_gateway, serve_pages
+from tests.support import fresh_database, stores
 
 log = logging.getLogger(__name__)
 
@@ -92,40 +92,29 @@ async def desk(
     )
     async with contextlib.AsyncExitStack() as exits:
         pool, _ = await exits.enter_async_context(stores(settings))
-        api_url = await exits.enter_async_context(running_api(settings))
-        gateway_settings = settings.model_copy(update={"gateway_allowed_origins": [api_url]})
-        gateway = await exits.enter_async_context(
-            running_gateway(gateway_settings, pool, gateway_port)
-        )
-        headers = {"authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"}
-        http = await exits.enter_async_context(
-            httpx.AsyncClient(base_url=api_url, headers=headers, timeout=10)
-        )
-        merchant = merchant_id()
-        await pool.execute("INSERT INTO merchants (id, name) VALUES ($1, $1)", merchant)
+        servers = await serve_pages(exits, settings, pool, gateway_port)
+        merchant = await add_merchant(pool)
         keys = {}
         async with pool.acquire() as conn:
             for name in ("ops-alice", "ops-bob"):
                 key_id, key = await create_api_key(conn, name, ["read", "replay"])
                 keys[f"api-key:{key_id}:{name}"] = key
-        yield Desk(api_url, http, pool, merchant, keys, gateway, gateway_settings, gateway_port)
+        yield Desk(
+            servers.api_url,
+            servers.http,
+            pool,
+            merchant,
+            keys,
+            servers.gateway,
+            servers.gateway_settings,
+            gateway_port,
+        )
 
 
 async def _create(desk: Desk, amount: int) -> str:
-    created = await desk.http.post(
-        "/v1/exchange-requests",
-        json={
-            "merchant_id": desk.merchant,
-            "customer_id": f"c-{uuid.uuid4().hex[:6]}",
-            "from_amount": amount,
-            "from_currency": "EUR",
-            "to_currency": "BTC",
-        },
-        headers={"Idempotency-Key": uuid.uuid4().hex},
-    )
-    assert created.status_code == 201, created.text
-    request_id: str = created.json()["id"]
-    return request_id
+    """A new request of ``amount`` EUR cents to BTC, through the api: its id."""
+    created = await create_request(desk.http, desk.merchant, from_amount=amount, to_currency="BTC")
+    return str(created["id"])
 
 
 async def _desk_page(browser: Browser, desk: Desk, key: str, errors: list[str]) -> Page:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 
-import httpx
 from playwright.async_api import Page, expect
 from temporalio.client import Client
 
@@ -19,8 +18,8 @@ from core.settings import Settings
 from devstack.payout_sink import PayoutSink
 from devstack.ports import free_port
 from tests.escrow.support import balances, escrow_body, keyed, wallets
-from tests.gateway.support import running_gateway, signed_in_page
-from tests.support import isolated_settings, running_api, running_worker, stores
+from tests.gateway.support import serve_pages, signed_in_page
+from tests.support import isolated_settings, running_worker, stores
 
 UI_TIMEOUT = 15_000  # ms
 HELD = ["created", "funding", "funded", "releasing", "release_failed"]
@@ -50,13 +49,9 @@ async def test_an_admin_retries_then_refunds_a_held_release_from_the_escrows_vie
     )
     async with contextlib.AsyncExitStack() as exits:
         pool, redis = await exits.enter_async_context(stores(stack))
-        api_url = await exits.enter_async_context(running_api(stack))
-        http = await exits.enter_async_context(httpx.AsyncClient(base_url=api_url, timeout=30))
+        servers = await serve_pages(exits, stack, pool, gateway_port, admin=False, timeout=30)
+        api_url, http, gateway = servers.api_url, servers.http, servers.gateway
         await exits.enter_async_context(running_worker(stack, temporal_client, pool, redis))
-        gateway_settings = stack.model_copy(update={"gateway_allowed_origins": [api_url]})
-        gateway = await exits.enter_async_context(
-            running_gateway(gateway_settings, pool, gateway_port)
-        )
         merchant, (first, second, third) = await wallets(http, pool, [100, 50, 20])
 
         page, errors = await signed_in_page(exits, chromium, api_url, stack, merchant)

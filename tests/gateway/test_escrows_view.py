@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import contextlib
 
-import httpx
 from playwright.async_api import expect
 from temporalio.client import Client
 
 from core.settings import Settings
 from devstack.ports import free_port
 from tests.escrow.support import escrow_body, keyed, wallets
-from tests.gateway.support import running_gateway, signed_in_page
-from tests.support import isolated_settings, running_api, running_worker, stores
+from tests.gateway.support import serve_pages, signed_in_page
+from tests.support import isolated_settings, running_worker, stores
 
 UI_TIMEOUT = 10_000  # ms
 
@@ -44,11 +43,9 @@ async def test_the_escrows_view_moves_escrows_live_from_the_feed(
     )
     async with contextlib.AsyncExitStack() as exits:
         pool, redis = await exits.enter_async_context(stores(stack))
-        api_url = await exits.enter_async_context(running_api(stack))
-        http = await exits.enter_async_context(httpx.AsyncClient(base_url=api_url, timeout=30))
+        servers = await serve_pages(exits, stack, pool, gateway_port, admin=False, timeout=30)
+        api_url, http = servers.api_url, servers.http
         await exits.enter_async_context(running_worker(stack, temporal_client, pool, redis))
-        gateway_settings = stack.model_copy(update={"gateway_allowed_origins": [api_url]})
-        await exits.enter_async_context(running_gateway(gateway_settings, pool, gateway_port))
         merchant, (first, second, winner) = await wallets(http, pool, [100, 50, 0])
 
         page, errors = await signed_in_page(exits, chromium, api_url, stack, merchant)

@@ -20,18 +20,16 @@ from core.feeds import Topic
 from core.settings import Settings
 from devstack.ports import free_port
 from gateway.server import Gateway
-from tests.gateway.support import Recorder, merchant_id, running_gateway, topic_token, ws_url
+from tests.gateway.support import (
+    Recorder,
+    add_exchange_request,
+    add_merchant,
+    running_gateway,
+    topic_head,
+    topic_token,
+    ws_url,
+)
 from tests.support import running_api
-
-
-async def _merchant(pool: asyncpg.Pool) -> str:
-    merchant = merchant_id()
-    await pool.execute("INSERT INTO merchants (id, name) VALUES ($1, $1)", merchant)
-    return merchant
-
-
-async def _head(pool: asyncpg.Pool, topic: Topic) -> int:
-    return await topic.source.head(pool, topic)
 
 
 @pytest_asyncio.fixture
@@ -52,11 +50,11 @@ async def test_a_claim_reaches_the_desk_and_the_requests_watcher_in_order(
     """Through the api: tokens for the desk and one request, a create and a claim; both
     watchers get the claim live within 100 ms of its commit, with seqs continuing from the
     create's (the request's own feed: 1 created, 2 pending, 3 assigned)."""
-    merchant = await _merchant(gw_pool)
+    merchant = await add_merchant(gw_pool)
     async with running_gateway(gw_settings, gw_pool) as gateway:
         desk = (await api.post("/v1/exchange-desk/dashboard-tokens")).json()
         assert desk["topic"] == "desk" and desk["merchant_id"] is None
-        desk_head = await _head(gw_pool, Topic.desk())
+        desk_head = await topic_head(gw_pool, Topic.desk())
         desk_client = Recorder(ws_url(gateway.port), desk["token"], since_seq=desk_head)
         await desk_client.start()
         await desk_client.wait_live()
@@ -112,18 +110,9 @@ async def test_a_timer_release_reaches_the_watchers(
 ) -> None:
     """The workflow's idle-assignment release (an activity, not the api) publishes too: the
     request's watcher sees it go back to pending right after the claim, in seq order."""
-    merchant = await _merchant(gw_pool)
+    merchant = await add_merchant(gw_pool)
+    created = await add_exchange_request(gw_pool, merchant)
     async with gw_pool.acquire() as conn:
-        created = await exchange.create(
-            conn,
-            merchant_id=merchant,
-            customer_id="c-1",
-            from_amount=10_000,
-            from_currency="EUR",
-            to_currency="USDT",
-            quote=None,
-            actor="tests",
-        )
         claimed = await exchange.claim(conn, created["id"], actor=exchange.Actor("op"))
     topic = Topic.request(created["id"])
     watcher = Recorder(ws_url(gateway.port), topic_token(gw_settings, topic), since_seq=0)

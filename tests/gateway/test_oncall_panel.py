@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 from playwright.async_api import Page, Route, expect
 from temporalio.client import Client
 from temporalio.service import RPCError
@@ -22,9 +21,9 @@ from core.contracts import escalation_workflow_id
 from core.settings import Settings
 from devstack.oncall_sink import OncallSink
 from devstack.ports import free_port
-from tests.gateway.support import merchant_id, running_gateway, signed_in_page
+from tests.gateway.support import add_merchant, serve_pages, signed_in_page
 from tests.oncall.support import TEST_CRITICAL, TEST_ERROR
-from tests.support import isolated_settings, running_api, running_worker, stores, wait_for
+from tests.support import isolated_settings, running_worker, stores, wait_for
 
 ACTOR = "api-key:bootstrap"  # the bootstrap admin key the page signs in with
 UI_TIMEOUT = 20_000  # ms: the panel polls every 5 s, and escalations notify within a second
@@ -109,20 +108,11 @@ async def test_the_oncall_panel_acknowledges_resolves_and_silences_from_the_page
     )
     async with contextlib.AsyncExitStack() as exits:
         pool, redis = await exits.enter_async_context(stores(stack))
-        api_url = await exits.enter_async_context(running_api(stack))
-        http = await exits.enter_async_context(
-            httpx.AsyncClient(
-                base_url=api_url,
-                headers={"authorization": f"Bearer {stack.admin_api_key.get_secret_value()}"},
-                timeout=30,
-            )
-        )
+        servers = await serve_pages(exits, stack, pool, gateway_port, timeout=30)
+        api_url, http = servers.api_url, servers.http
         await exits.enter_async_context(running_worker(stack, temporal_client, pool, redis))
         exits.push_async_callback(_end_open_escalations, temporal_client, pool)
-        gateway_settings = stack.model_copy(update={"gateway_allowed_origins": [api_url]})
-        await exits.enter_async_context(running_gateway(gateway_settings, pool, gateway_port))
-        merchant = merchant_id()
-        await pool.execute("INSERT INTO merchants (id, name) VALUES ($1, $1)", merchant)
+        merchant = await add_merchant(pool)
 
         event_id = f"evt_{uuid.uuid4().hex[:12]}"
         critical = await _raise(pool, TEST_CRITICAL, "db-primary", event_id=event_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,8 +21,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from core.settings import Settings
 from devstack.ports import free_port
-from tests.gateway.support import merchant_id, running_gateway
-from tests.support import fresh_database, running_api, stores
+from tests.exchange.support import create_request
+from tests.gateway.support import add_merchant, serve_pages
+from tests.support import fresh_database, stores
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +57,12 @@ async def _stack(exits: contextlib.AsyncExitStack, settings: Settings, chromium:
     gateway_port = free_port()
     settings = settings.model_copy(update={"gateway_public_url": f"ws://127.0.0.1:{gateway_port}"})
     pool, _ = await exits.enter_async_context(stores(settings))
-    api_url = await exits.enter_async_context(running_api(settings))
-    # The page is served by the api: its Origin is the api's, as the dashboard's is.
-    gateway_settings = settings.model_copy(update={"gateway_allowed_origins": [api_url]})
-    await exits.enter_async_context(running_gateway(gateway_settings, pool, gateway_port))
-    headers = {"authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"}
-    http = await exits.enter_async_context(
-        httpx.AsyncClient(base_url=api_url, headers=headers, timeout=10)
-    )
-    merchant = merchant_id()
-    await pool.execute("INSERT INTO merchants (id, name) VALUES ($1, $1)", merchant)
+    servers = await serve_pages(exits, settings, pool, gateway_port)
+    merchant = await add_merchant(pool)
     playwright = await exits.enter_async_context(async_playwright())
     browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
     exits.push_async_callback(browser.close)
-    return Stack(api_url, http, pool, merchant, browser, [])
+    return Stack(servers.api_url, servers.http, pool, merchant, browser, [])
 
 
 @pytest_asyncio.fixture
@@ -86,21 +78,11 @@ async def stack(
 
 
 async def _create(stack: Stack, amount: int, **extra: Any) -> str:
-    created = await stack.http.post(
-        "/v1/exchange-requests",
-        json={
-            "merchant_id": stack.merchant,
-            "customer_id": f"c-{uuid.uuid4().hex[:6]}",
-            "from_amount": amount,
-            "from_currency": "EUR",
-            "to_currency": "BTC",
-            **extra,
-        },
-        headers={"Idempotency-Key": uuid.uuid4().hex},
+    """A new request of ``amount`` EUR cents to BTC, through the api: its id."""
+    created = await create_request(
+        stack.http, stack.merchant, from_amount=amount, to_currency="BTC", **extra
     )
-    assert created.status_code == 201, created.text
-    request_id: str = created.json()["id"]
-    return request_id
+    return str(created["id"])
 
 
 async def _grant(stack: Stack, request_id: str) -> dict[str, Any]:

@@ -23,35 +23,21 @@ from gateway.server import Gateway
 from tests.gateway.support import (
     ORIGIN,
     Recorder,
+    add_exchange_request,
+    add_merchant,
     append_events,
     append_topic_events,
     merchant_id,
     token_for,
+    topic_head,
     topic_token,
     ws_url,
 )
 
 
-async def _merchant(pool: asyncpg.Pool) -> str:
-    merchant = merchant_id()
-    await pool.execute("INSERT INTO merchants (id, name) VALUES ($1, $1)", merchant)
-    return merchant
-
-
 async def _request(pool: asyncpg.Pool, merchant: str) -> str:
-    """A new exchange request (created → pending), its feed events published like the api's."""
-    async with pool.acquire() as conn:
-        row = await exchange.create(
-            conn,
-            merchant_id=merchant,
-            customer_id="c-1",
-            from_amount=10_000,
-            from_currency="EUR",
-            to_currency="USDT",
-            quote=None,
-            actor="tests",
-        )
-    return str(row["id"])
+    """A new exchange request (created → pending): its id."""
+    return str((await add_exchange_request(pool, merchant))["id"])
 
 
 async def _publish_all(pool: asyncpg.Pool, redis: Redis, request_id: str) -> None:
@@ -59,10 +45,6 @@ async def _publish_all(pool: asyncpg.Pool, redis: Redis, request_id: str) -> Non
         row = await exchange.show(conn, request_id)
     ids = exchange.transition_event_ids(row, created=True)
     await feeds.publish_events(pool, redis, ids)
-
-
-async def _head(pool: asyncpg.Pool, topic: Topic) -> int:
-    return await topic.source.head(pool, topic)
 
 
 async def _append(pool: asyncpg.Pool, redis: Redis | None, topic: Topic, count: int) -> None:
@@ -93,7 +75,7 @@ async def test_each_kind_resumes_gaplessly_after_a_reconnect(
         TopicKind.DESK: Topic.desk(),
         TopicKind.REQUEST: Topic.request(f"exr_{uuid.uuid4().hex}"),
     }[kind]
-    start = await _head(gw_pool, topic)
+    start = await topic_head(gw_pool, topic)
     token = _token(gw_settings, topic)
     first = await Recorder(ws_url(gateway.port), token, since_seq=start).start()
     await first.wait_live()
@@ -123,20 +105,20 @@ async def test_no_topic_sees_another_topics_events(
     """Desk, request A, request B and a merchant client side by side while all four topics get
     events: each sees exactly its own topic's; a request's watcher never sees the desk's
     operator names; B's token never sees A."""
-    merchant = await _merchant(gw_pool)
+    merchant = await add_merchant(gw_pool)
     a, b = await _request(gw_pool, merchant), await _request(gw_pool, merchant)
     topics = [Topic.desk(), Topic.request(a), Topic.request(b), Topic.merchant(merchant)]
     clients = {
         topic: await Recorder(
             ws_url(gateway.port),
             _token(gw_settings, topic),
-            since_seq=await _head(gw_pool, topic),
+            since_seq=await topic_head(gw_pool, topic),
         ).start()
         for topic in topics
     }
     for client in clients.values():
         await client.wait_live()
-    heads = {topic: await _head(gw_pool, topic) for topic in topics}
+    heads = {topic: await topic_head(gw_pool, topic) for topic in topics}
     actor = exchange.Actor("api-key:1:canary-operator")
     async with gw_pool.acquire() as conn:
         await exchange.claim(conn, a, actor=actor)
@@ -147,7 +129,7 @@ async def test_no_topic_sees_another_topics_events(
     await append_events(gw_pool, gw_redis, merchant, 5)
     for topic in topics:
         await _append(gw_pool, gw_redis, topic, 3)
-    expected = {topic: await _head(gw_pool, topic) for topic in topics}
+    expected = {topic: await topic_head(gw_pool, topic) for topic in topics}
     assert expected[Topic.request(a)] - heads[Topic.request(a)] == 1 + 3
     assert expected[Topic.request(b)] - heads[Topic.request(b)] == 2 + 3
     assert expected[Topic.desk()] - heads[Topic.desk()] == 3 + 3
@@ -193,7 +175,7 @@ async def test_a_merchant_token_cannot_reach_the_desk(
     merchant_client = await Recorder(url, token_for(gw_settings, mine)).start()
     await as_merchant.wait_live()
     await merchant_client.wait_live()
-    desk_before = await _head(gw_pool, Topic.desk())
+    desk_before = await topic_head(gw_pool, Topic.desk())
     watcher = Recorder(url, topic_token(gw_settings, Topic.desk()), since_seq=desk_before)
     await watcher.start()
     await watcher.wait_live()
