@@ -2,7 +2,8 @@
 
 ``--quick`` is a smoke run of about two minutes (less on an idle machine); the default full run
 takes about 30 minutes (outbound deliveries about 4 of them, the alert storm about 7, the live
-feed about 1, exchange claims and contended debits about 3 each).
+feed about 1, exchange claims and contended debits about 3 each, exchange transitions to their
+watching clients about 2.5).
 ``--temporal memory`` runs Temporal without its SQLite file, ``both`` reports both setups.
 
 Order matters: the pipeline is measured first, on an empty inbox, then the live feed through the

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -46,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from websockets.asyncio.client import ClientConnection, connect
@@ -55,7 +57,7 @@ from api.auth import create_api_key
 from benchmarks.harness import Harness, Pairs, progress
 from benchmarks.pacing import burst_loop
 from benchmarks.report import Row, Section, Target
-from benchmarks.stack import OTHERS, CpuUse
+from benchmarks.stack import HOST, OTHERS, CpuUse
 from benchmarks.stats import Latency
 from core.exchange import CUSTOMER_FIELDS, DESK_FIELDS
 from core.feeds import TOPIC_EVENTS, Topic, encode_feed_event
@@ -81,6 +83,9 @@ WARM_UP_REQUESTS = 3
 ACTOR = "bench"
 ADMIN = {"authorization": f"Bearer {DEV_ADMIN_API_KEY}"}
 DESK_CHANNEL = "bench:baseline:desk"
+GAP_FILLS = "switchboard_gateway_gap_fills_total"
+EVENTS_IN = "switchboard_gateway_events_in_total"
+FILLED = "filled"
 
 
 def slot(request: int, step: int) -> int:
@@ -145,6 +150,8 @@ class DeskLiveRun:
     """Due time → arrival at the last of the transition's watchers, per transition."""
     answered: Latency
     """Due time → the api's answer (baseline: the PUBLISH reply), per transition."""
+    answered_by_step: dict[str, Latency]
+    """The same, by step (:data:`STEPS`)."""
     transitions: int
     not_ok: Counter[str]
     check: Check
@@ -152,6 +159,13 @@ class DeskLiveRun:
     """Timed events that reached a request's client by replay (it connected after them)."""
     closed: int
     """Clients the gateway closed during the run."""
+    gap_fills: float = math.nan
+    """The gateway's reads from Postgres to fill a gap in a live feed during the run (an event
+    published before the one below it: held back up to ``gateway_gap_grace_seconds``)."""
+    filled: float = math.nan
+    """Events the gateway fanned out from Postgres rather than Redis: its gap fills, and its
+    position check (every ``gateway_position_check_seconds``) when that read an event between
+    its commit and its publish."""
 
 
 class Side(Protocol):
@@ -244,13 +258,34 @@ class _Switchboard:
                 token = await self._token("/v1/exchange-desk/dashboard-tokens")
                 await self._watch(Watcher("desk"), token, desk_head)
             await _all_live(self.watchers)
+            before = await self._gateway_counters()
             transitions = await drive(self, requests, self.h.plan.desk_live_rate)
             await _joined(self.joining)
             expected = await self._expected(desk_head)
             await _arrived(self.watchers, expected)
+            after = await self._gateway_counters()
         finally:
             await self._close()
-        return _run_of(transitions, self.watchers, expected)
+        run = _run_of(transitions, self.watchers, expected)
+        return dataclasses.replace(
+            run,
+            gap_fills=after[GAP_FILLS] - before[GAP_FILLS],
+            filled=after[FILLED] - before[FILLED],
+        )
+
+    async def _gateway_counters(self) -> dict[str, float]:
+        """The gateway's gap-fill counters, from its ``/metrics``."""
+        port = self.h.stack.gateway_port
+        answer = await self.http.get(f"http://{HOST}:{port}/metrics")
+        answer.raise_for_status()
+        found = dict.fromkeys((GAP_FILLS, FILLED), 0.0)
+        for family in text_string_to_metric_families(answer.text):
+            for sample in family.samples:
+                if sample.name == GAP_FILLS:
+                    found[GAP_FILLS] = sample.value
+                elif sample.name == EVENTS_IN and sample.labels.get("source") == "postgres":
+                    found[FILLED] = sample.value
+        return found
 
     async def step(self, request: int, step: int) -> tuple[str, tuple[str, ...]]:
         try:
@@ -355,7 +390,10 @@ class _BareRedis:
     def __init__(self, h: Harness) -> None:
         self.h = h
         self.publisher = Redis.from_url(h.stack.redis.url)
-        self.subscribers = Redis.from_url(h.stack.redis.url)
+        # One connection per subscriber: every request's of a run, and the desk's.
+        self.subscribers = Redis.from_url(
+            h.stack.redis.url, max_connections=h.plan.desk_live_requests + DESK_CLIENTS + 10
+        )
         self.watchers: list[Watcher] = []
         self.pubsubs: list[PubSub] = []
         self.readers: list[asyncio.Task[None]] = []
@@ -596,6 +634,10 @@ def _run_of(
         after_answer=Latency.of(after_answer),
         to_last_client=Latency.of(complete),
         answered=Latency.of([t.answered - t.due for t in ok]),
+        answered_by_step={
+            name: Latency.of([t.answered - t.due for t in ok if t.step == step])
+            for step, name in enumerate(STEPS)
+        },
         transitions=len(transitions),
         not_ok=Counter(t.outcome for t in transitions if not t.ok),
         check=_check(watchers, expected),
@@ -720,6 +762,16 @@ def _section(h: Harness, pairs: Pairs[DeskLiveRun, DeskLiveRun]) -> Section:
             *both(lambda r: sum(r.not_ok.values())),
             Target("<=", 0),
         ),
+        Row(
+            "Gateway gap fills from Postgres per run (no baseline)",
+            "",
+            *both(lambda r: r.gap_fills),
+        ),
+        Row(
+            "…events it delivered from Postgres (those reads and its position check)",
+            "",
+            *both(lambda r: r.filled),
+        ),
         Row("CPU per transition, all stack processes", "ms", *cpu()),
         Row("CPU per transition, api", "ms", *cpu("api")),
         Row("CPU per transition, gateway", "ms", *cpu("gateway")),
@@ -760,6 +812,14 @@ def _section(h: Harness, pairs: Pairs[DeskLiveRun, DeskLiveRun]) -> Section:
         "Each create starts the request's workflow and every later transition tells it (after"
         " the commit, in the background): the Temporal server's and the worker's CPU is that.",
     ]
+    notes.append(
+        "Due → API answer p99 by step, ms (create / claim / processing / completed), per run: "
+        + "; ".join(
+            " / ".join(f"{run.answered_by_step[name].p99_ms:.0f}" for name in STEPS)
+            for run in subject
+        )
+        + "."
+    )
     replayed = sum(run.replayed for run in subject)
     closed = sum(run.closed for run in subject)
     failures = sum((run.not_ok for run in subject), Counter[str]())
@@ -771,15 +831,23 @@ def _section(h: Harness, pairs: Pairs[DeskLiveRun, DeskLiveRun]) -> Section:
             + (", ".join(f"{why}: {n}" for why, n in failures.most_common()) or "none")
             + "."
         )
-    misses = [run.check for run in subject]
-    if any(c.missed or c.repeated or c.out_of_order or c.mismatched for c in misses):
-        notes.append(
-            "⚠ Per run (missed / repeated / out of order / not its topic's): "
-            + "; ".join(
-                f"{c.missed} / {c.repeated} / {c.out_of_order} / {c.mismatched}" for c in misses
+    for side, runs in (("Switchboard", subject), ("Baseline", pairs.baseline)):
+        checks = [run.check for run in runs]
+        if any(c.missed or c.repeated or c.out_of_order or c.mismatched for c in checks):
+            notes.append(
+                f"{side}, per run (missed / repeated / out of order / not its topic's): "
+                + "; ".join(
+                    f"{c.missed} / {c.repeated} / {c.out_of_order} / {c.mismatched}" for c in checks
+                )
+                + "."
+                + (
+                    " The baseline keeps no order: two PUBLISH pipelines in flight on separate"
+                    " connections reach Redis either way round (the api's publishes can too;"
+                    " the gateway puts them back in seq order)."
+                    if side == "Baseline"
+                    else ""
+                )
             )
-            + "."
-        )
     return Section(
         title="Exchange desk live — transition to every watching client",
         baseline=(
