@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from api.auth import create_api_key
 from core.db import connect_pool
@@ -26,7 +26,15 @@ from core.settings import DEV_ADMIN_API_KEY, Settings
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres, EmbeddedReplica
 from tests.gateway.conftest import CHROMIUM
-from tests.gateway.support import append_events, running_gateway, signed_in_page
+from tests.gateway.support import (
+    append_events,
+    launch_chromium,
+    open_page,
+    running_gateway,
+    serve_pages,
+    sign_in,
+    signed_in_page,
+)
 from tests.money_support import new_merchant
 from tests.support import fresh_database, running_api, wait_for
 
@@ -318,21 +326,12 @@ async def test_the_desk_page_says_how_old_its_aggregates_are_while_its_queue_is_
         update={"gateway_public_url": f"ws://127.0.0.1:{gateway_port}"}
     )
     async with contextlib.AsyncExitStack() as exits:
-        api_url = await exits.enter_async_context(running_api(settings))
-        gateway_settings = settings.model_copy(update={"gateway_allowed_origins": [api_url]})
-        await exits.enter_async_context(
-            running_gateway(gateway_settings, api.primary, gateway_port)
-        )
-        playwright = await exits.enter_async_context(async_playwright())
-        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        exits.push_async_callback(browser.close)
-        page = await browser.new_page()
+        api_url = (await serve_pages(exits, settings, api.primary, gateway_port)).api_url
         errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        await page.goto(f"{api_url}/dashboard/desk")
-        await page.fill("#api-key", DEV_ADMIN_API_KEY)
-        await page.click("button[type=submit]")
-        await page.wait_for_function("() => window.switchboard.connState() === 'live'")
+        page = await open_page(
+            await launch_chromium(exits, chromium), f"{api_url}/dashboard/desk", errors
+        )
+        await sign_in(page, DEV_ADMIN_API_KEY)
         pending = page.locator("#desk-kpis .kpi").first.locator(".value")
         await expect(pending).to_have_text(str(before["pending"]))
         await expect(page.locator("#desk-freshness")).to_be_hidden()

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -316,21 +316,39 @@ async def recorder(settings: Settings, port: int, merchant: str, **options: Any)
     return await Recorder(ws_url(port), token_for(settings, merchant), **options).start()
 
 
+async def launch_chromium(exits: contextlib.AsyncExitStack, chromium: str) -> Browser:
+    """Headless Chromium from ``chromium``, closed by ``exits``."""
+    playwright = await exits.enter_async_context(async_playwright())
+    browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    exits.push_async_callback(browser.close)
+    return browser
+
+
+async def open_page(browser: Browser, url: str, errors: list[str]) -> Page:
+    """A tab of its own (its own context, so its own session storage) opening ``url``; the page
+    errors it reports go to ``errors``."""
+    page = await browser.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(url)
+    return page
+
+
+async def sign_in(page: Page, api_key: str) -> None:
+    """Sign a dashboard or desk page in with ``api_key`` and wait until its feed is live."""
+    await page.fill("#api-key", api_key)
+    await page.click("button[type=submit]")
+    await page.wait_for_function("() => window.switchboard.connState() === 'live'", timeout=15_000)
+
+
 async def signed_in_page(
     exits: contextlib.AsyncExitStack, chromium: str, api_url: str, settings: Settings, merchant: str
 ) -> tuple[Page, list[str]]:
     """A headless Chromium page showing ``merchant``'s dashboard, signed in with the admin key
     and live; also the page errors it reports."""
-    playwright = await exits.enter_async_context(async_playwright())
-    browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-    exits.push_async_callback(browser.close)
-    page = await browser.new_page()
+    browser = await launch_chromium(exits, chromium)
     errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    await page.goto(f"{api_url}/dashboard?merchant={merchant}")
-    await page.fill("#api-key", settings.admin_api_key.get_secret_value())
-    await page.click("button[type=submit]")
-    await page.wait_for_function("() => window.switchboard.connState() === 'live'", timeout=15_000)
+    page = await open_page(browser, f"{api_url}/dashboard?merchant={merchant}", errors)
+    await sign_in(page, settings.admin_api_key.get_secret_value())
     return page, errors
 
 

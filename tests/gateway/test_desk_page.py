@@ -23,7 +23,7 @@ from core.settings import Settings
 from devstack.ports import free_port
 from gateway.server import Gateway
 from tests.exchange.support import create_request
-from tests.gateway.support import add_merchant, running_gateway, serve_pages
+from tests.gateway.support import add_merchant, open_page, running_gateway, serve_pages, sign_in
 from tests.support import fresh_database, stores
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,8 @@ async def _create(desk: Desk, amount: int) -> str:
 
 async def _desk_page(browser: Browser, desk: Desk, key: str, errors: list[str]) -> Page:
     """A page of its own (its own session storage), signed in with ``key`` and live."""
-    context = await browser.new_context()
-    page = await context.new_page()
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    await page.goto(f"{desk.api_url}/dashboard/desk")
-    await page.fill("#api-key", key)
-    await page.click("button[type=submit]")
-    await page.wait_for_function("() => window.switchboard.connState() === 'live'", timeout=15_000)
+    page = await open_page(browser, f"{desk.api_url}/dashboard/desk", errors)
+    await sign_in(page, key)
     return page
 
 

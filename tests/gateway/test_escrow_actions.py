@@ -18,7 +18,7 @@ from core.settings import Settings
 from devstack.payout_sink import PayoutSink
 from devstack.ports import free_port
 from tests.escrow.support import balances, escrow_body, keyed, wallets
-from tests.gateway.support import serve_pages, signed_in_page
+from tests.gateway.support import open_page, serve_pages, signed_in_page
 from tests.support import isolated_settings, running_worker, stores
 
 UI_TIMEOUT = 15_000  # ms
@@ -91,9 +91,11 @@ async def test_an_admin_retries_then_refunds_a_held_release_from_the_escrows_vie
         )
         async with pool.acquire() as conn:
             _, read_key = await create_api_key(conn, "dashboard-reader", ["read"])
-        reader = await page.context.browser.new_page()  # type: ignore[union-attr]
-        reader.on("pageerror", lambda error: errors.append(str(error)))
-        await reader.goto(f"{api_url}/dashboard?merchant={merchant}&view=escrows")
+        browser = page.context.browser
+        assert browser is not None
+        reader = await open_page(
+            browser, f"{api_url}/dashboard?merchant={merchant}&view=escrows", errors
+        )
         await reader.fill("#api-key", read_key)
         await reader.click("button[type=submit]")
         read_row = reader.locator(f"#escrows tr[data-escrow={held}]")

@@ -17,12 +17,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from core.settings import Settings
 from devstack.ports import free_port
 from tests.exchange.support import create_request
-from tests.gateway.support import add_merchant, serve_pages
+from tests.gateway.support import add_merchant, launch_chromium, open_page, serve_pages
 from tests.support import fresh_database, stores
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,7 @@ async def _stack(exits: contextlib.AsyncExitStack, settings: Settings, chromium:
     pool, _ = await exits.enter_async_context(stores(settings))
     servers = await serve_pages(exits, settings, pool, gateway_port)
     merchant = await add_merchant(pool)
-    playwright = await exits.enter_async_context(async_playwright())
-    browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-    exits.push_async_callback(browser.close)
+    browser = await launch_chromium(exits, chromium)
     return Stack(servers.api_url, servers.http, pool, merchant, browser, [])
 
 
@@ -95,11 +93,7 @@ async def _grant(stack: Stack, request_id: str) -> dict[str, Any]:
 
 async def _customer_page(stack: Stack, url: str) -> Page:
     """A customer's tab of its own (no API key, its own session storage) opening ``url``."""
-    context = await stack.browser.new_context()
-    page = await context.new_page()
-    page.on("pageerror", lambda error: stack.errors.append(str(error)))
-    await page.goto(url)
-    return page
+    return await open_page(stack.browser, url, stack.errors)
 
 
 async def _move(stack: Stack, request_id: str, step: str, to: str | None = None) -> int:
