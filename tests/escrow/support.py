@@ -129,3 +129,31 @@ async def assert_history(pool: asyncpg.Pool, escrow_id: str, expected: list[str]
         )
     ]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def assert_release_refused_alert(pool: asyncpg.Pool, escrow_id: str) -> None:
+    """The escrow's refused release raised its alert, still open."""
+    alert = await pool.fetchrow(
+        "SELECT kind, status FROM alerts WHERE dedup_key = $1",
+        f"escrow_release_refused:{escrow_id}",
+    )
+    assert alert is not None
+    assert dict(alert) == {"kind": "escrow_release_refused", "status": "open"}
+
+
+async def refund_held_escrow(
+    http: httpx.AsyncClient, pool: asyncpg.Pool, escrow_id: str, sources: dict[str, int]
+) -> None:
+    """An operator refunds an escrow held in release_failed: it ends refunded, each source has
+    its amount back and the escrow nothing, its audited path went through the hold, and money is
+    conserved."""
+    refunded = await http.post(f"/v1/escrows/{escrow_id}/refund", json={}, headers=keyed())
+    assert refunded.status_code == 200, refunded.text
+    assert refunded.json()["status"] == "refunded"
+    assert await balances(pool, [*sources, escrow_id]) == [*sources.values(), 0]
+    await assert_history(
+        pool,
+        escrow_id,
+        ["created", "funding", "funded", "releasing", "release_failed", "refunding", "refunded"],
+    )
+    await assert_conserved(pool)

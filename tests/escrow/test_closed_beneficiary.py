@@ -9,11 +9,11 @@ import httpx
 import pytest
 
 from tests.escrow.support import (
-    assert_conserved,
-    assert_history,
+    assert_release_refused_alert,
     balances,
     escrow_body,
     keyed,
+    refund_held_escrow,
     wallets,
 )
 
@@ -34,18 +34,5 @@ async def test_a_closed_beneficiary_wallet_holds_the_escrow(
     assert held.json()["status"] == "release_failed"
     assert "WalletClosed" in held.json()["transitions"][-1]["reason"]
     assert await balances(pool, [source, winner, escrow["id"]]) == [0, 0, 30]
-    alert = await pool.fetchval(
-        "SELECT status FROM alerts WHERE dedup_key = $1", f"escrow_release_refused:{escrow['id']}"
-    )
-    assert alert == "open"
-
-    refunded = await http.post(f"/v1/escrows/{escrow['id']}/refund", json={}, headers=keyed())
-    assert refunded.status_code == 200, refunded.text
-    assert refunded.json()["status"] == "refunded"
-    assert await balances(pool, [source, escrow["id"]]) == [30, 0]
-    await assert_history(
-        pool,
-        escrow["id"],
-        ["created", "funding", "funded", "releasing", "release_failed", "refunding", "refunded"],
-    )
-    await assert_conserved(pool)
+    await assert_release_refused_alert(pool, escrow["id"])
+    await refund_held_escrow(http, pool, escrow["id"], {source: 30})

@@ -14,9 +14,11 @@ from devstack.payout_sink import PayoutSink
 from tests.escrow.support import (
     assert_conserved,
     assert_history,
+    assert_release_refused_alert,
     balances,
     escrow_body,
     keyed,
+    refund_held_escrow,
     wallets,
 )
 
@@ -63,20 +65,5 @@ async def test_a_refused_payout_holds_the_escrow_until_an_operator_refunds(
     assert held.json()["status"] == "release_failed"
     assert payout_sink.balance(account, "EUR") == 0
     assert await balances(pool, [source, escrow["id"]]) == [0, 40]
-    alert = await pool.fetchrow(
-        "SELECT kind, status FROM alerts WHERE dedup_key = $1",
-        f"escrow_release_refused:{escrow['id']}",
-    )
-    assert alert is not None
-    assert dict(alert) == {"kind": "escrow_release_refused", "status": "open"}
-
-    refunded = await http.post(f"/v1/escrows/{escrow['id']}/refund", json={}, headers=keyed())
-    assert refunded.status_code == 200, refunded.text
-    assert refunded.json()["status"] == "refunded"
-    assert await balances(pool, [source, escrow["id"]]) == [40, 0]
-    await assert_history(
-        pool,
-        escrow["id"],
-        ["created", "funding", "funded", "releasing", "release_failed", "refunding", "refunded"],
-    )
-    await assert_conserved(pool)
+    await assert_release_refused_alert(pool, escrow["id"])
+    await refund_held_escrow(http, pool, escrow["id"], {source: 40})
