@@ -5,7 +5,7 @@
 // and backlog.
 // Plain ES module, no build step. Protocol: gateway/protocol.py.
 
-import { $, Feed, el, money, operatorApi, reconcile } from "./live.js";
+import { $, Feed, el, money, operatorApi, reconcile, showConnState } from "./live.js";
 
 const config = JSON.parse(document.getElementById("sb-config").textContent);
 const RING_SIZE = 500;
@@ -34,11 +34,7 @@ window.switchboard = {  // for tests and the curious: read-only views of the pag
 const api = operatorApi(() => state.apiKey);
 
 function setConn(kind, text) {
-  state.connState = kind;
-  const pill = $("conn");
-  pill.className = `pill pill-${kind}`;
-  pill.dataset.state = kind;
-  pill.textContent = text || kind;
+  showConnState(state, kind, text);
 }
 
 function onEvent(event) {

@@ -3,7 +3,7 @@
 // desk's aggregates. Live from the gateway's desk feed (resume by seq, see live.js).
 // Plain ES module, no build step.
 
-import { $, Feed, el, money, operatorApi, reconcile } from "./live.js";
+import { $, Feed, el, money, operatorApi, reconcile, showConnState } from "./live.js";
 
 const config = JSON.parse(document.getElementById("sb-config").textContent);
 const STATS_EVERY_MS = 5000;
@@ -45,11 +45,7 @@ const queue = () => [...state.requests.values()].filter((r) => r.status === "pen
 const mine = () => [...state.requests.values()].filter(isMine).sort(byAge);
 
 function setConn(kind, text) {
-  state.connState = kind;
-  const pill = $("conn");
-  pill.className = `pill pill-${kind}`;
-  pill.dataset.state = kind;
-  pill.textContent = text || kind;
+  showConnState(state, kind, text);
 }
 
 function notice(kind, text, attrs = {}) {

@@ -35,6 +35,16 @@ export function reconcile(parent, items, keyOf, render) {
   for (const node of old.values()) node.remove();
 }
 
+// Shows the feed's connection state (connecting, live, ...) in the page's #conn pill and keeps
+// it in state.connState, which window.switchboard.connState() reports.
+export function showConnState(state, kind, text) {
+  state.connState = kind;
+  const pill = $("conn");
+  pill.className = `pill pill-${kind}`;
+  pill.dataset.state = kind;
+  pill.textContent = text || kind;
+}
+
 export const money = (minor, currency) => {
   try { return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(minor / 100); }
   catch { return `${(minor / 100).toFixed(2)} ${currency}`; }

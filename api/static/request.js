@@ -5,7 +5,7 @@
 // this tab's session storage only, and renews it before it expires.
 // Plain ES module, no build step.
 
-import { $, Feed, el, money, operatorApi } from "./live.js";
+import { $, Feed, el, money, operatorApi, showConnState } from "./live.js";
 
 const FINAL = new Set(["completed", "cancelled", "failed"]);
 const SAYS = {               // what each status means to the customer (core/contracts.py)
@@ -80,11 +80,7 @@ async function renew() {
 }
 
 function setConn(kind, text) {
-  state.connState = kind;
-  const pill = $("conn");
-  pill.className = `pill pill-${kind}`;
-  pill.dataset.state = kind;
-  pill.textContent = text || kind;
+  showConnState(state, kind, text);
 }
 
 // -- the request, from its feed ----------------------------------------------------------
