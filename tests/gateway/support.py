@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
+from temporalio.client import Client
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
@@ -32,7 +33,7 @@ from core.settings import Settings
 from devstack.ports import free_port
 from devstack.processes import REPO, SwitchboardProcess, spawn_switchboard
 from gateway.server import Gateway
-from tests.support import running_api, wait_for
+from tests.support import isolated_settings, running_api, running_worker, stores, wait_for
 
 ROOT = REPO
 ORIGIN = Origin("http://127.0.0.1:8400")
@@ -135,6 +136,27 @@ async def serve_pages(
         httpx.AsyncClient(base_url=api_url, headers=headers, timeout=timeout)
     )
     return PageServers(api_url, http, gateway, gateway_settings)
+
+
+async def pages_with_worker(
+    exits: contextlib.AsyncExitStack,
+    settings: Settings,
+    postgres_admin_url: str,
+    temporal: Client,
+    *,
+    admin: bool = True,
+    timeout: float = 30,
+) -> tuple[Settings, asyncpg.Pool, PageServers]:
+    """On a database of its own: the api and a gateway (:func:`serve_pages`) and a worker on
+    ``temporal``; its settings, pool and servers, all stopped by ``exits``."""
+    gateway_port = free_port()
+    isolated = await isolated_settings(
+        settings, postgres_admin_url, gateway_public_url=f"ws://127.0.0.1:{gateway_port}"
+    )
+    pool, redis = await exits.enter_async_context(stores(isolated))
+    servers = await serve_pages(exits, isolated, pool, gateway_port, admin=admin, timeout=timeout)
+    await exits.enter_async_context(running_worker(isolated, temporal, pool, redis))
+    return isolated, pool, servers
 
 
 def _redis_connected(gateway: Gateway):

@@ -16,10 +16,8 @@ from temporalio.client import Client
 from api.auth import create_api_key
 from core.settings import Settings
 from devstack.payout_sink import PayoutSink
-from devstack.ports import free_port
 from tests.escrow.support import balances, escrow_body, keyed, wallets
-from tests.gateway.support import open_page, serve_pages, signed_in_page
-from tests.support import isolated_settings, running_worker, stores
+from tests.gateway.support import open_page, pages_with_worker, signed_in_page
 
 UI_TIMEOUT = 15_000  # ms
 HELD = ["created", "funding", "funded", "releasing", "release_failed"]
@@ -43,15 +41,11 @@ async def test_an_admin_retries_then_refunds_a_held_release_from_the_escrows_vie
     clicked on a page that missed the escrow's refund shows the api's 409 detail."""
     account = f"acct_{uuid.uuid4().hex[:8]}"
     payout_sink.refuse(account, "account_closed")
-    gateway_port = free_port()
-    stack = await isolated_settings(
-        settings, postgres_admin_url, gateway_public_url=f"ws://127.0.0.1:{gateway_port}"
-    )
     async with contextlib.AsyncExitStack() as exits:
-        pool, redis = await exits.enter_async_context(stores(stack))
-        servers = await serve_pages(exits, stack, pool, gateway_port, admin=False, timeout=30)
+        stack, pool, servers = await pages_with_worker(
+            exits, settings, postgres_admin_url, temporal_client, admin=False
+        )
         api_url, http, gateway = servers.api_url, servers.http, servers.gateway
-        await exits.enter_async_context(running_worker(stack, temporal_client, pool, redis))
         merchant, (first, second, third) = await wallets(http, pool, [100, 50, 20])
 
         page, errors = await signed_in_page(exits, chromium, api_url, stack, merchant)

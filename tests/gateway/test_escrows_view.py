@@ -10,10 +10,8 @@ from playwright.async_api import expect
 from temporalio.client import Client
 
 from core.settings import Settings
-from devstack.ports import free_port
 from tests.escrow.support import escrow_body, keyed, wallets
-from tests.gateway.support import serve_pages, signed_in_page
-from tests.support import isolated_settings, running_worker, stores
+from tests.gateway.support import pages_with_worker, signed_in_page
 
 UI_TIMEOUT = 10_000  # ms
 
@@ -37,15 +35,11 @@ async def test_the_escrows_view_moves_escrows_live_from_the_feed(
     """In headless Chromium: escrows created after the page went live appear with amount,
     sources and beneficiary and their transitions as they commit (created → funding → funded →
     released, and → refunding → refunded), with no reload and no second sync."""
-    gateway_port = free_port()
-    stack = await isolated_settings(
-        settings, postgres_admin_url, gateway_public_url=f"ws://127.0.0.1:{gateway_port}"
-    )
     async with contextlib.AsyncExitStack() as exits:
-        pool, redis = await exits.enter_async_context(stores(stack))
-        servers = await serve_pages(exits, stack, pool, gateway_port, admin=False, timeout=30)
+        stack, pool, servers = await pages_with_worker(
+            exits, settings, postgres_admin_url, temporal_client, admin=False
+        )
         api_url, http = servers.api_url, servers.http
-        await exits.enter_async_context(running_worker(stack, temporal_client, pool, redis))
         merchant, (first, second, winner) = await wallets(http, pool, [100, 50, 0])
 
         page, errors = await signed_in_page(exits, chromium, api_url, stack, merchant)

@@ -20,10 +20,9 @@ from core.audit import raise_alert
 from core.contracts import escalation_workflow_id
 from core.settings import Settings
 from devstack.oncall_sink import OncallSink
-from devstack.ports import free_port
-from tests.gateway.support import add_merchant, serve_pages, signed_in_page
+from tests.gateway.support import add_merchant, pages_with_worker, signed_in_page
 from tests.oncall.support import TEST_CRITICAL, TEST_ERROR
-from tests.support import isolated_settings, running_worker, stores, wait_for
+from tests.support import wait_for
 
 ACTOR = "api-key:bootstrap"  # the bootstrap admin key the page signs in with
 UI_TIMEOUT = 20_000  # ms: the panel polls every 5 s, and escalations notify within a second
@@ -102,15 +101,11 @@ async def test_the_oncall_panel_acknowledges_resolves_and_silences_from_the_page
     the page reaches the escalation workflow and updates the Slack message; a page that missed
     someone else's acknowledgement shows the 409's detail; Resolve ends the escalation; a
     silence made from the group's form is listed and can be expired."""
-    gateway_port = free_port()
-    stack = await isolated_settings(
-        settings, postgres_admin_url, gateway_public_url=f"ws://127.0.0.1:{gateway_port}"
-    )
     async with contextlib.AsyncExitStack() as exits:
-        pool, redis = await exits.enter_async_context(stores(stack))
-        servers = await serve_pages(exits, stack, pool, gateway_port, timeout=30)
+        stack, pool, servers = await pages_with_worker(
+            exits, settings, postgres_admin_url, temporal_client
+        )
         api_url, http = servers.api_url, servers.http
-        await exits.enter_async_context(running_worker(stack, temporal_client, pool, redis))
         exits.push_async_callback(_end_open_escalations, temporal_client, pool)
         merchant = await add_merchant(pool)
 
