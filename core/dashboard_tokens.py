@@ -64,8 +64,9 @@ def issue_dashboard_token(
 def issue_topic_token(
     secret: str, topic: Topic, *, ttl_seconds: float, now: float
 ) -> tuple[str, DashboardGrant]:
-    """A signed token for ``topic`` valid for ``ttl_seconds`` from ``now``."""
-    grant = DashboardGrant(topic, now + ttl_seconds, uuid.uuid4().hex)
+    """A signed token for ``topic`` valid for ``ttl_seconds`` from ``now`` (to the whole second:
+    a JWT's ``exp`` is one, so the grant says the expiry the gateway will enforce)."""
+    grant = DashboardGrant(topic, float(int(now + ttl_seconds)), uuid.uuid4().hex)
     merchant = topic.kind is TopicKind.MERCHANT
     claims = {
         "sub": topic.id if merchant else topic.key,
