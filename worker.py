@@ -34,7 +34,7 @@ from temporalio.client import (
     ScheduleUpdate,
 )
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.deliveries import DeliveryActivities
@@ -85,6 +85,12 @@ WORKFLOWS = [
 ]
 log = logging.getLogger("switchboard.worker")
 
+MONEY_WORKFLOW_POLLS = PollerBehaviorSimpleMaximum(maximum=40)
+MONEY_NONSTICKY_POLL_RATIO = 0.5
+"""Workflow task polls of the money worker. The SDK's 5, a fifth of them on the task queue
+itself, leave one poll for every new workflow's first task: a burst of escrows waited seconds
+for it (schedule-to-start) while the worker idled. Half of 40 on each queue keeps up."""
+
 
 def build_worker(
     client: Client,
@@ -120,6 +126,8 @@ def build_worker(
         ],
         max_concurrent_workflow_tasks=settings.relay_max_in_flight,
         max_concurrent_local_activities=settings.relay_max_in_flight,
+        workflow_task_poller_behavior=MONEY_WORKFLOW_POLLS,
+        nonsticky_to_sticky_poll_ratio=MONEY_NONSTICKY_POLL_RATIO,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 

@@ -39,19 +39,23 @@ async def append_merchant_event(
     conn: Connection, merchant_id: str, event_id: str, type_: str, data: Mapping[str, Any]
 ) -> int:
     """Append one event to the merchant's feed in the caller's transaction; returns its ``seq``
-    (the next one, allocated under the merchant row's lock until the transaction ends)."""
-    seq: int = await conn.fetchval(
-        "UPDATE merchants SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+    (the next one, allocated under the merchant row's lock until the transaction ends).
+
+    Every writer of the merchant waits for that lock, so one statement takes it and writes the
+    event; a caller that makes this its last statement before COMMIT (the escrow transitions
+    do) holds the lock for no client round trip but the COMMIT's."""
+    seq: int | None = await conn.fetchval(
+        "WITH next AS (UPDATE merchants SET last_seq = last_seq + 1 WHERE id = $1"
+        " RETURNING last_seq)"
+        " INSERT INTO events (merchant_id, seq, event_id, type, data)"
+        " SELECT $1, next.last_seq, $2::text, $3::text, $4::jsonb FROM next RETURNING seq",
         merchant_id,
-    )
-    await conn.execute(
-        "INSERT INTO events (merchant_id, seq, event_id, type, data) VALUES ($1, $2, $3, $4, $5)",
-        merchant_id,
-        seq,
         event_id,
         type_,
         dict(data),
     )
+    if seq is None:
+        raise ValueError(f"no merchant {merchant_id!r} to append {event_id!r} to")
     return seq
 
 
