@@ -246,37 +246,50 @@ async def _change(
         row = await escrow.show(conn, escrow_id)
         if row["status"] not in _HELD and row["status"] not in _AFTER_HAND_OVER[action]:
             raise EscrowConflict(f"escrow {escrow_id} is {row['status']}: it cannot be {action}ed")
-        handle = temporal.get_workflow_handle(escrow_workflow_id(escrow_id))
-        try:
-            # The update id comes from the key: Temporal runs one update per id, so a repeat
-            # attaches to the first (and a request that was never ours meets the validator).
-            async with asyncio.timeout(ENGINE_TIMEOUT_SECONDS):
-                await handle.start_update(
-                    action, request, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
-                )
-        except WorkflowUpdateFailedError as error:
-            cause = error.cause
-            if isinstance(cause, ApplicationError) and cause.type == ESCROW_REFUSED:
-                raise EscrowConflict(cause.message) from None
-            raise
-        except RPCError as error:
-            if error.status == RPCStatusCode.NOT_FOUND:
-                if await _was_taken(handle, update_id):
-                    return 202, _Accepted(id=escrow_id)
-                raise EscrowConflict(
-                    f"escrow {escrow_id} is {row['status']}: it cannot be {action}ed"
-                ) from None
-            # Not an answer to store: the key is released and the client retries.
-            raise _unreachable(error) from None
-        except (RuntimeError, TimeoutError, RPCTimeoutOrCancelledError) as error:
-            raise _unreachable(error) from None
         return 202, _Accepted(id=escrow_id)
 
     answer = await once.run(body, work)
     if answer.status_code != 202:
         return answer
+    # Handed over once the key's answer is stored (no database connection waits on Temporal),
+    # and again by every repeat of the key: the update id makes it one update.
+    await _hand_over(temporal, escrow_id, action, request, update_id)
     await _wait(temporal, escrow_id, action, update_id, settings.escrow_wait_seconds)
     return await _answer(pool, escrow_id, answer, done=200, pending=_UNDER_WAY)
+
+
+async def _hand_over(
+    temporal: Client,
+    escrow_id: str,
+    action: Literal["release", "refund"],
+    request: EscrowRequest,
+    update_id: str,
+) -> None:
+    """Give the order to the escrow's workflow (accepted, or refused by its validator: 409).
+
+    The update id comes from the key: Temporal runs one update per id, so a repeat attaches to
+    the first, and a request that was never accepted meets the validator again. An engine that
+    cannot be reached is a 503: the same key hands it over again.
+    """
+    handle = temporal.get_workflow_handle(escrow_workflow_id(escrow_id))
+    try:
+        async with asyncio.timeout(ENGINE_TIMEOUT_SECONDS):
+            await handle.start_update(
+                action, request, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+            )
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.type == ESCROW_REFUSED:
+            raise EscrowConflict(cause.message) from None
+        raise
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            if await _was_taken(handle, update_id):
+                return
+            raise EscrowConflict(f"escrow {escrow_id} has ended: it cannot be {action}ed") from None
+        raise _unreachable(error) from None
+    except (RuntimeError, TimeoutError, RPCTimeoutOrCancelledError) as error:
+        raise _unreachable(error) from None
 
 
 async def _was_taken(handle: WorkflowHandle[Any, Any], update_id: str) -> bool:
@@ -299,8 +312,7 @@ def _unreachable(error: Exception) -> WorkflowEngineUnavailable:
     # A lazy client that never reached the server raises RuntimeError("Failed client connect").
     log.warning("the escrow's workflow cannot be reached: %r", error)
     return WorkflowEngineUnavailable(
-        "the workflow engine cannot be reached right now: nothing changed; retry with the same"
-        " Idempotency-Key"
+        "the workflow engine cannot be reached right now: retry with the same Idempotency-Key"
     )
 
 

@@ -1,8 +1,8 @@
 """Escrows created while Temporal is unreachable: each is acknowledged (202 with its URL, still
-``created``) within the start bound, never a 5xx; a release meanwhile is a 503 problem that
-stores nothing under its key. Once Temporal is back, the worker's workflow starts relay starts
-each escrow's saga exactly once: every escrow is funded with one debit per source, and the
-release retried with the same key goes through."""
+``created``) within the start bound, never a 5xx; a release meanwhile is a 503 problem (its key
+keeps the order, which every repeat hands over again). Once Temporal is back, the worker's
+workflow starts relay starts each escrow's saga exactly once: every escrow is funded with one
+debit per source, and the release retried with the same key goes through."""
 
 from __future__ import annotations
 
@@ -128,13 +128,14 @@ async def test_escrows_created_while_temporal_is_down_are_each_funded_once_it_is
                 ]
                 assert sum(await balances(pool, [held_id, *ids])) == held_total
 
-                # The 503 stored nothing: the same key now releases the escrow.
+                # The key kept the order (accepted, not handed over): the same key hands it
+                # over now and the escrow is released.
                 released = await http.post(
                     f"/v1/escrows/{held_id}/release", json={}, headers=keyed(release_key)
                 )
                 assert released.status_code == 200, released.text
                 assert released.json()["status"] == "released"
-                assert released.headers.get("idempotent-replayed") is None
+                assert released.headers.get("idempotent-replayed") == "true"
             await assert_books_balance(pool)
             await assert_conserved(pool)
     finally:
