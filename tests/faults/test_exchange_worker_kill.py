@@ -94,9 +94,7 @@ async def test_worker_killed_while_timers_release_assignments_loses_and_doubles_
             at_kill = await count_released(pool)
             worker.start()
             await worker.wait_ready()
-            advanced = {
-                r for (r, _), a in zip(eager, answers, strict=True) if a.status_code == 200
-            }
+            advanced = {r for (r, _), a in zip(eager, answers, strict=True) if a.status_code == 200}
 
             async def all_moved() -> bool:
                 return await count_released(pool) + len(advanced) == REQUESTS
