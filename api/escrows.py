@@ -81,13 +81,6 @@ _HELD = (EscrowStatus.FUNDED, EscrowStatus.RELEASE_FAILED)
 _UNDER_WAY = (EscrowStatus.RELEASING, EscrowStatus.REFUNDING)
 ENGINE_TIMEOUT_SECONDS = 5.0
 """Bounds a release's or refund's hand-over to the workflow, the SDK's retries included."""
-_AFTER_HAND_OVER = {
-    "release": (EscrowStatus.RELEASING, EscrowStatus.RELEASED, EscrowStatus.RELEASE_FAILED),
-    "refund": (EscrowStatus.REFUNDING, EscrowStatus.REFUNDED),
-}
-"""Where an escrow may already be when a repeat of a handed-over request comes: the hand-over
-can time out here after the workflow took it (it records the order's first steps before the
-server reports it accepted), so the repeat attaches to the same update instead of a 409."""
 
 
 def _escrow_moves(request: Request) -> EscrowMoves:
@@ -244,7 +237,7 @@ async def _change(
 
     async def work(conn: Connection) -> tuple[int, _Accepted]:
         row = await escrow.show(conn, escrow_id)
-        if row["status"] not in _HELD and row["status"] not in _AFTER_HAND_OVER[action]:
+        if row["status"] not in _HELD:
             raise EscrowConflict(f"escrow {escrow_id} is {row['status']}: it cannot be {action}ed")
         return 202, _Accepted(id=escrow_id)
 

@@ -10,7 +10,7 @@ import httpx
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from core.contracts import EscrowRequest, escrow_workflow_id
+from core.contracts import escrow_workflow_id
 from core.settings import Settings
 from devstack.payout_sink import PayoutSink
 from tests.escrow.support import ADMIN, assert_history, escrow_body, keyed, wallets
@@ -66,8 +66,10 @@ async def test_an_outcome_later_than_the_wait_is_a_202_not_a_5xx(
 async def test_a_repeat_of_a_release_the_workflow_already_took_attaches_to_it(
     settings: Settings, temporal_client: Client, pool: asyncpg.Pool, redis: Redis
 ) -> None:
-    """The api's hand-over of a release can time out after the workflow took it (503: retry
-    with the same key). The repeat must find that release, under way or done, not a 409."""
+    """Every repeat of a release's key hands the order to the workflow again (the first may
+    have timed out after the workflow took it: a 503). A repeat after the release is done, its
+    workflow ended, finds that release by the key's update id and answers it, not a 409; a
+    release under another key is a 409."""
     async with (
         running_api(settings) as api_url,
         httpx.AsyncClient(base_url=api_url, timeout=30) as http,
@@ -79,16 +81,18 @@ async def test_a_repeat_of_a_release_the_workflow_already_took_attaches_to_it(
         assert created.status_code == 201, created.text
         escrow_id = created.json()["id"]
         key = str(uuid.uuid4())
-        # What the timed-out hand-over did: the update under the key's id reached the workflow.
-        handle = temporal_client.get_workflow_handle(escrow_workflow_id(escrow_id))
-        taken = await handle.execute_update(
-            "release", EscrowRequest(actor="api-key:bootstrap", reason=None), id=f"release:{key}"
-        )
-        assert taken == "released"
+        first = await http.post(f"/v1/escrows/{escrow_id}/release", json={}, headers=keyed(key))
+        assert first.status_code == 200, first.text
+        assert first.json()["status"] == "released"
+        described = await temporal_client.get_workflow_handle(
+            escrow_workflow_id(escrow_id)
+        ).describe()
+        assert described.status is not None and described.status.name == "COMPLETED"
 
         repeat = await http.post(f"/v1/escrows/{escrow_id}/release", json={}, headers=keyed(key))
         assert repeat.status_code == 200, repeat.text
         assert repeat.json()["status"] == "released"
+        assert repeat.headers.get("idempotent-replayed") == "true"
         other = await http.post(f"/v1/escrows/{escrow_id}/release", json={}, headers=keyed())
         assert other.status_code == 409, other.text
     await assert_history(pool, escrow_id, ["created", "funding", "funded", "releasing", "released"])
