@@ -116,6 +116,10 @@ async def test_the_page_streams_live_survives_a_gateway_restart_and_shows_one_me
         await append_events(gw_pool, gw_redis, merchant, 40)
         await append_events(gw_pool, gw_redis, other, 40)
         await page.wait_for_function("() => window.switchboard.lastSeq() === 45", timeout=10_000)
+        # Rows are drawn on the next animation frame, which a loaded machine can delay.
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#events tr').length >= 45", timeout=10_000
+        )
         assert await page.locator("#events tr").count() == 45
 
         await gateway.stop()  # closes with 1012; the page reconnects with backoff
