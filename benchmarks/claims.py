@@ -2,7 +2,8 @@
 the real api, beside a bare ``SELECT … FOR UPDATE`` claim transaction on the same Postgres.
 
 Switchboard side: ``plan.claim_requests`` pending exchange requests (created through
-:func:`core.exchange.create` before the run, not measured), and 50 operators, each with an API
+:func:`core.exchange.create` before the runs, not measured, and left until their workflows have
+started and recorded them pending, as a desk's queue is), and 50 operators, each with an API
 key of its own (``read`` and ``replay`` scopes, as the desk has). Request *r* is due at
 ``r / plan.claim_rate`` s; at its due time all 50 operators send
 ``POST /v1/exchange-requests/{id}/claim`` at once, over 50 keep-alive connections of
@@ -21,7 +22,9 @@ counted.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +41,7 @@ from benchmarks.stack import HOST, OTHERS, CpuUse
 from benchmarks.stats import Latency, median
 from benchmarks.workload import request_wire
 from core import exchange
+from core.contracts import WORKFLOW_STARTS_CHANNEL
 from core.db import connect_pool
 from core.settings import Settings
 from core.tenancy import create_merchant
@@ -52,6 +56,8 @@ GRACE = 10.0
 """Seconds after the last request's due time within which every claim must be answered."""
 BARE_TABLE = "bench_bare_claims"
 ACTOR = "bench"
+SETTLE_SECONDS = 60.0
+"""How long new requests' workflows may take to start and record them as pending."""
 POOL_SIZE = Settings.model_fields["database_pool_size"].default
 
 
@@ -81,13 +87,15 @@ async def measure_claims(h: Harness) -> Section:
     """The claim benchmark (see the module docstring); one report section."""
     with progress(f"creating {CLAIMERS} operators"):
         merchant, desk = await _set_up(h.pool)
+    with progress(f"creating {h.plan.repeats} x {h.plan.claim_requests} exchange requests"):
+        batches = [await _pending_requests(h, merchant) for _ in range(h.plan.repeats)]
     claimers = await connect_pool(h.stack.database_url, size=CLAIMERS)
     try:
         phase = f"exchange claims, {CLAIMERS} claimers per request"
         pairs = await h.alternate(
             phase,
             lambda: _bare_run(h, claimers),
-            lambda: _api_run(h, merchant, desk),
+            lambda: _api_run(h, batches.pop(0), desk),
         )
     finally:
         await claimers.close()
@@ -110,7 +118,10 @@ async def _set_up(pool: asyncpg.Pool) -> tuple[str, list[Operator]]:
     return merchant, desk
 
 
-async def _api_run(h: Harness, merchant: str, desk: list[Operator]) -> ClaimRun:
+async def _pending_requests(h: Harness, merchant: str) -> list[str]:
+    """``plan.claim_requests`` new pending requests, once their workflows have started and
+    done their first work (read the request, recorded it as pending): what a desk finds in
+    its queue, so a run measures claims, not the creation of what it claims."""
     requests = []
     async with h.pool.acquire() as conn:
         for _ in range(h.plan.claim_requests):
@@ -125,6 +136,19 @@ async def _api_run(h: Harness, merchant: str, desk: list[Operator]) -> ClaimRun:
                 actor=ACTOR,
             )
             requests.append(row["id"])
+        await conn.execute("SELECT pg_notify($1, '')", WORKFLOW_STARTS_CHANNEL)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        settled = await h.pool.fetchval(
+            "SELECT count(*) FROM exchange_analytics_events WHERE request_id = ANY($1)", requests
+        )
+        if settled == len(requests):
+            return requests
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the workflows of {len(requests)} new requests did not settle in time")
+
+
+async def _api_run(h: Harness, requests: list[str], desk: list[Operator]) -> ClaimRun:
     host = f"{HOST}:{h.stack.api_port}"
 
     def claim(request_id: str, operator: Operator) -> bytes:

@@ -2,12 +2,14 @@
 
 An exchange request (an operator-handled request, e.g. fiat-crypto) moves as
 :data:`core.contracts.EXCHANGE_TRANSITIONS` draws it, and migration 0006's trigger refuses
-anything else. Each change reads the row ``FOR UPDATE``, checks its precondition against what it
-read, writes, and appends the transition to the audit log and to two live feeds (the desk's and
-the request's own, :mod:`core.feeds`) before committing. So of any number of
-simultaneous claims exactly one finds the request ``pending``: the others wait on the row lock,
-then read it ``assigned`` and are refused with the winner's name (:class:`ExchangeConflict`).
-No distributed lock and no retry: the row lock is the queue.
+anything else. Each change reads the row, checks its precondition against what it read, and
+writes only if the row is still at the version it read (the UPDATE re-checks that under the row
+lock), appending the transition to the audit log and to two live feeds (the desk's and the
+request's own, :mod:`core.feeds`) in the same transaction. So of any number of simultaneous
+claims exactly one moves the request from ``pending``: the others wait on the row lock in their
+UPDATE, find it moved, read it ``assigned`` and are refused with the winner's name
+(:class:`ExchangeConflict`). No distributed lock and no retry the caller sees: the row lock is
+the queue, and a loser holds it for no round trip.
 
 Who may do what: anyone with the working scope creates, claims and cancels a request nobody
 holds; only the assignee advances it (``processing``, ``completed``, ``failed``), releases it
@@ -115,7 +117,7 @@ async def create(
             actor=actor,
             reason=None,
         )
-        return await _move(
+        queued = await _move(
             conn,
             request_id,
             EXCHANGE_TRANSITIONS.initial,
@@ -123,7 +125,10 @@ async def create(
             None,
             actor=actor,
             reason="queued",
+            version=1,
         )
+        assert queued is not None, "nobody else sees the row before it commits"
+        return queued
 
 
 async def claim(conn: Connection, request_id: str, *, actor: Actor) -> asyncpg.Record:
@@ -266,17 +271,36 @@ async def list_requests(
 async def _transition(
     conn: Connection, request_id: str, decide: Decision, *, actor: str, reason: str | None
 ) -> asyncpg.Record:
-    """Lock the row, let ``decide`` check its precondition on what it holds, write and audit:
-    one transaction, so whoever waited on the lock sees the winner's write."""
-    async with conn.transaction():
+    """Read the row, let ``decide`` check its precondition on what it read, then write and audit
+    in one transaction, but only if the row is still at the version read: the UPDATE takes the
+    row lock and checks the version under it. If another transition committed in between, what
+    it left is read and decided on again.
+
+    So a claim that lost the race holds no lock while the api answers it: it waits in its
+    UPDATE for the winner's commit, finds nothing to update, and reads the winner. (Locking the
+    row with ``SELECT … FOR UPDATE`` first would keep every loser holding it for a round trip
+    through a busy api, one after the other.)"""
+    while True:
         row = await conn.fetchrow(
-            "SELECT id, status, assignee, version FROM exchange_requests WHERE id = $1 FOR UPDATE",
+            "SELECT id, status, assignee, version FROM exchange_requests WHERE id = $1",
             request_id,
         )
         if row is None:
             raise OperatorError(404, f"no exchange request {request_id!r}")
         status, assignee = decide(row)
-        return await _move(conn, request_id, row["status"], status, assignee, actor, reason)
+        async with conn.transaction():
+            moved = await _move(
+                conn,
+                request_id,
+                row["status"],
+                status,
+                assignee,
+                actor=actor,
+                reason=reason,
+                version=row["version"],
+            )
+        if moved is not None:
+            return moved
 
 
 async def _move(
@@ -285,19 +309,24 @@ async def _move(
     old: str,
     new: ExchangeStatus,
     assignee: str | None,
+    *,
     actor: str,
     reason: str | None,
-) -> asyncpg.Record:
+    version: int,
+) -> asyncpg.Record | None:
+    """Move the request from ``old`` to ``new`` if it is still at ``version`` (else None)."""
     EXCHANGE_TRANSITIONS.check(old, new)
     row = await conn.fetchrow(
         "UPDATE exchange_requests SET status = $2, assignee = $3, version = version + 1,"
-        f" updated_at = clock_timestamp() WHERE id = $1 RETURNING {COLUMNS}",
+        " updated_at = clock_timestamp() WHERE id = $1 AND version = $4"
+        f" RETURNING {COLUMNS}",
         request_id,
         new,
         assignee,
+        version,
     )
-    assert row is not None
-    await _record(conn, row, old, new, actor=actor, reason=reason)
+    if row is not None:
+        await _record(conn, row, old, new, actor=actor, reason=reason)
     return row
 
 
