@@ -45,9 +45,13 @@ export function showConnState(state, kind, text) {
   pill.textContent = text || kind;
 }
 
+// Money is integer minor units: an ISO 4217 currency has the digits Intl knows for it (JPY 0,
+// EUR 2, BHD 3); any other code (e.g. USDT) shows two, as the emails do (activities/email.py).
 export const money = (minor, currency) => {
-  try { return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(minor / 100); }
+  let format;
+  try { format = new Intl.NumberFormat(undefined, { style: "currency", currency }); }
   catch { return `${(minor / 100).toFixed(2)} ${currency}`; }
+  return format.format(minor / 10 ** format.resolvedOptions().maximumFractionDigits);
 };
 
 // The operator API, authenticated with the API key apiKey() returns (kept in session storage,
