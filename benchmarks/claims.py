@@ -23,7 +23,6 @@ counted.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from collections import Counter
@@ -37,7 +36,7 @@ from benchmarks.harness import Harness, Pairs, progress
 from benchmarks.http_load import RawClient
 from benchmarks.pacing import Paced, burst_loop
 from benchmarks.report import Row, Section, Target
-from benchmarks.stack import HOST, OTHERS, CpuUse
+from benchmarks.stack import HOST
 from benchmarks.stats import Latency, median
 from benchmarks.workload import request_wire
 from core import exchange
@@ -214,15 +213,6 @@ def _claim_run(paced: Paced[int], requests: int) -> ClaimRun:
     )
 
 
-def _cpu_ms_per_claim(cpu: CpuUse, claims: int, process: str | None = None) -> float:
-    """CPU milliseconds per claim of one process, or of every process of the stack."""
-    if process is None:
-        used = sum(value for name, value in cpu.seconds.items() if name != OTHERS)
-    else:
-        used = cpu.seconds.get(process, 0.0)
-    return 1000 * used / claims if claims else math.nan
-
-
 def _section(h: Harness, pairs: Pairs[ClaimRun, ClaimRun]) -> Section:
     plan = h.plan
     claims = plan.claim_requests * CLAIMERS
@@ -232,8 +222,8 @@ def _section(h: Harness, pairs: Pairs[ClaimRun, ClaimRun]) -> Section:
 
     def cpu(process: str | None = None) -> tuple[list[float], list[float]]:
         return (
-            [_cpu_ms_per_claim(use, claims, process) for use in pairs.subject_cpu],
-            [_cpu_ms_per_claim(use, claims, process) for use in pairs.baseline_cpu],
+            [use.ms_per(process, claims) for use in pairs.subject_cpu],
+            [use.ms_per(process, claims) for use in pairs.baseline_cpu],
         )
 
     rows = [

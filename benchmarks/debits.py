@@ -31,7 +31,6 @@ import asyncpg
 from benchmarks.harness import Harness, Pairs, progress
 from benchmarks.pacing import Paced, burst_loop
 from benchmarks.report import Row, Section, Target
-from benchmarks.stack import OTHERS, CpuUse
 from benchmarks.stats import Latency, median
 from core import money
 from core.db import connect_pool
@@ -163,15 +162,6 @@ def _debit_run(paced: Paced[bool], bursts: int, size: int, funds: int, left: int
     )
 
 
-def _cpu_ms_per_debit(cpu: CpuUse, debits: int, process: str | None = None) -> float:
-    """CPU milliseconds per debit of one process, or of every process of the stack."""
-    if process is None:
-        used = sum(value for name, value in cpu.seconds.items() if name != OTHERS)
-    else:
-        used = cpu.seconds.get(process, 0.0)
-    return 1000 * used / debits if debits else math.nan
-
-
 def _section(h: Harness, pairs: Pairs[DebitRun, DebitRun]) -> Section:
     plan = h.plan
     debits = plan.debit_bursts * DEBITS
@@ -181,8 +171,8 @@ def _section(h: Harness, pairs: Pairs[DebitRun, DebitRun]) -> Section:
 
     def cpu(process: str | None = None) -> tuple[list[float], list[float]]:
         return (
-            [_cpu_ms_per_debit(use, debits, process) for use in pairs.subject_cpu],
-            [_cpu_ms_per_debit(use, debits, process) for use in pairs.baseline_cpu],
+            [use.ms_per(process, debits) for use in pairs.subject_cpu],
+            [use.ms_per(process, debits) for use in pairs.baseline_cpu],
         )
 
     rows = [

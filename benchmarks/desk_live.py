@@ -57,7 +57,7 @@ from api.auth import create_api_key
 from benchmarks.harness import Harness, Pairs, progress
 from benchmarks.pacing import burst_loop
 from benchmarks.report import Row, Section, Target
-from benchmarks.stack import HOST, OTHERS, CpuUse
+from benchmarks.stack import HOST
 from benchmarks.stats import Latency
 from core.exchange import CUSTOMER_FIELDS, DESK_FIELDS
 from core.feeds import TOPIC_EVENTS, Topic, encode_feed_event
@@ -679,14 +679,6 @@ async def measure_desk_live(h: Harness) -> Section:
     return _section(h, pairs)
 
 
-def _cpu_ms_per(use: CpuUse, transitions: int, process: str | None = None) -> float:
-    if process is None:
-        used = sum(value for name, value in use.seconds.items() if name != OTHERS)
-    else:
-        used = use.seconds.get(process, 0.0)
-    return 1000 * used / transitions if transitions else math.nan
-
-
 def _section(h: Harness, pairs: Pairs[DeskLiveRun, DeskLiveRun]) -> Section:
     plan = h.plan
     rate = f"{plan.desk_live_rate:g}/s"
@@ -700,11 +692,11 @@ def _section(h: Harness, pairs: Pairs[DeskLiveRun, DeskLiveRun]) -> Section:
     def cpu(process: str | None = None) -> tuple[list[float], list[float]]:
         return (
             [
-                _cpu_ms_per(use, run.transitions, process)
+                use.ms_per(process, run.transitions)
                 for use, run in zip(pairs.subject_cpu, pairs.subject, strict=True)
             ],
             [
-                _cpu_ms_per(use, run.transitions, process)
+                use.ms_per(process, run.transitions)
                 for use, run in zip(pairs.baseline_cpu, pairs.baseline, strict=True)
             ],
         )

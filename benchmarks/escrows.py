@@ -306,6 +306,14 @@ def _section(
     def both(figure: Callable[[EscrowRun], float]) -> tuple[list[float], list[float]]:
         return [float(figure(r)) for r in pairs.subject], [float(figure(r)) for r in pairs.baseline]
 
+    escrows = plan.escrow_batch + plan.escrow_steady
+
+    def cpu(process: str | None) -> tuple[list[float], list[float]]:
+        return (
+            [use.ms_per(process, escrows) for use in pairs.subject_cpu],
+            [use.ms_per(process, escrows) for use in pairs.baseline_cpu],
+        )
+
     rows = [
         Row(
             f"Completion rate, {plan.escrow_batch} at once (funded and released / s)",
@@ -322,6 +330,10 @@ def _section(
             f"Create→funded p99 at {plan.escrow_rate:g}/s (due → answer)",
             "ms",
             *both(lambda r: r.latency.p99_ms),
+        ),
+        *(
+            Row(f"CPU per escrow, {process or 'all stack processes'}", "ms", *cpu(process))
+            for process in (None, "temporal", "worker", "api", "postgres")
         ),
         Row(
             "Escrows not released (failed, refused, or not in time)",
@@ -344,6 +356,9 @@ def _section(
         f"Create→funded: {plan.escrow_steady} escrows due at {plan.escrow_rate:g}/s (open loop), "
         "from each due time to the answer saying funded. Baseline: the no-op workflow's "
         "start-to-result latency at the same rate.",
+        f"CPU per escrow: each run's CPU ({escrows} escrows: the batch and the steady stream)"
+        " divided by its escrows; baseline: per no-op workflow (its worker runs in the"
+        " benchmark process, counted under all stack processes).",
         f"The payout sink recorded {transfers:,} transfers over the whole benchmark (warm-up "
         "included).",
         *afterwards,

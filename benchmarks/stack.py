@@ -333,9 +333,14 @@ class CpuUse:
     def percent(self) -> dict[str, float]:
         return {name: 100.0 * used / self.wall_seconds for name, used in self.seconds.items()}
 
-    def ms_per(self, process: str, count: int) -> float:
-        """Milliseconds of ``process`` CPU per item, ``count`` items; NaN if there were none."""
-        return 1000 * self.seconds.get(process, 0.0) / count if count else math.nan
+    def ms_per(self, process: str | None, count: int) -> float:
+        """Milliseconds of CPU per item, ``count`` items, of ``process`` or (None) of every
+        process of the stack; NaN if there were none."""
+        if process is None:
+            used = sum(value for name, value in self.seconds.items() if name != OTHERS)
+        else:
+            used = self.seconds.get(process, 0.0)
+        return 1000 * used / count if count else math.nan
 
     @property
     def busiest(self) -> str:
