@@ -539,7 +539,10 @@ class TransferIn(BaseModel):
 class PostingOut(BaseModel):
     account_id: str = Field(description="A wallet id, or world:{currency} for outside money.")
     amount: int = Field(description="Minor units: positive credits, negative debits.")
-    balance_after: int
+    balance_after: int | None = Field(
+        description="The account's balance after this posting; null on world:{currency}, which"
+        " keeps no balance (its postings sum to minus what the other accounts hold)."
+    )
 
 
 class LedgerTransactionOut(BaseModel):

@@ -2,14 +2,20 @@
 
 Every movement is one ledger transaction, unique per idempotency key, whose postings sum to zero
 per currency; every account but the world (money from or to outside Switchboard) stays at or
-above zero. Postgres enforces each of these too (migration 0005), so a bug here, or raw SQL,
-cannot break them. Each write runs in the caller's connection, audited with its actor, the way
-:mod:`core.tenancy` writes tenants. The operator API, the CLI (through it) and, later, the escrow
-saga's activities move money only through :func:`post` and the functions built on it.
+above zero. Postgres enforces each of these too (migrations 0005 and 0012), so a bug here, or
+raw SQL, cannot break them. A world account keeps no balance on its row (its ``balance`` stays 0
+and its postings carry no ``balance_after``): its balance is the sum of its postings, minus what
+every other account of its currency holds. Each write runs in the caller's connection, audited
+with its actor, the way :mod:`core.tenancy` writes tenants. The operator API, the CLI (through
+it) and, later, the escrow saga's activities move money only through :func:`post` and the
+functions built on it.
 
-Concurrency: a movement locks its accounts with ``SELECT … FOR UPDATE`` in one order (by account
-id), so opposite transfers queue instead of deadlocking; a deadlock or serialization failure
-that still happens is retried here a few times and never reaches the caller.
+Concurrency: a movement locks its accounts but the world with ``SELECT … FOR UPDATE`` in one
+order (by account id), so opposite transfers queue instead of deadlocking; a deadlock or
+serialization failure that still happens is retried here a few times and never reaches the
+caller. Nothing locks or updates a world account's row, so the top-ups and payouts of a currency
+do not queue on it: they wait only on the wallets and escrows they move, and a payout stalled
+before its commit holds up no other.
 """
 
 from __future__ import annotations
@@ -56,11 +62,12 @@ RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 @dataclass(frozen=True)
 class Posting:
-    """One leg of a movement: ``amount`` (minor units, + credit, - debit) on one account."""
+    """One leg of a movement: ``amount`` (minor units, + credit, - debit) on one account, and
+    the account's balance it left (``None`` on a world account, which keeps none)."""
 
     account_id: str
     amount: int
-    balance_after: int
+    balance_after: int | None
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class Movement:
 
 
 def world_account(currency: str) -> str:
-    """The account money comes from on a top-up (and will go to on a payout), per currency."""
+    """The account money comes from on a top-up and goes to on a payout, per currency."""
     return f"world:{currency}"
 
 
@@ -202,15 +209,18 @@ async def post(
     raise AssertionError("unreachable")
 
 
-# Locks the accounts in id order (the CTE runs before any posting is inserted), then posts; the
-# postings trigger moves each balance, and the balance CHECK refuses an overdraft.
+# Locks the accounts but the world in id order (the CTE runs before any posting is inserted),
+# then posts if every leg's account exists; the postings trigger moves each balance but the
+# world's, and the balance CHECK refuses an overdraft.
 _POST_LOCKED = (
     "WITH locked AS (SELECT id FROM ledger_accounts WHERE id = ANY($3::text[])"
-    " ORDER BY id FOR UPDATE)"
+    " AND kind <> 'world' ORDER BY id FOR UPDATE),"
+    " world AS (SELECT id FROM ledger_accounts WHERE id = ANY($3::text[]) AND kind = 'world')"
     " INSERT INTO postings (transaction_id, account_id, currency, amount)"
     " SELECT $1, leg.account_id, $2, leg.amount"
     " FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS leg(account_id, amount, n)"
-    " WHERE (SELECT count(*) FROM locked) = cardinality($3::text[]) ORDER BY leg.n"
+    " WHERE (SELECT count(*) FROM locked) + (SELECT count(*) FROM world)"
+    " = cardinality($3::text[]) ORDER BY leg.n"
     " RETURNING account_id, amount, balance_after"
 )
 
@@ -273,6 +283,9 @@ async def _post_once(
             raise
         debited = ", ".join(f"{-amount} from {a}" for a, amount in legs.items() if amount < 0)
         raise InsufficientFunds(f"not enough {currency} to move {debited}") from None
+    if len(rows) != len(legs):
+        # The guard of _POST_LOCKED: an account was gone by the time its lock was taken.
+        raise OperatorError(404, f"no account among {', '.join(ordered)}")
     postings = tuple(Posting(r["account_id"], r["amount"], r["balance_after"]) for r in rows)
     return Movement(
         created["id"], key, kind, currency, postings, actor, created["created_at"], False
@@ -347,6 +360,9 @@ async def statement(
 
 
 async def _open_world_account(conn: Connection, currency: str) -> None:
+    # Waits only while the currency's first movement, which opens it, has not committed: no
+    # movement updates the row or locks it for update (a posting's foreign key key-share locks
+    # it), so the conflict with the committed row never waits.
     await conn.execute(
         "INSERT INTO ledger_accounts (id, kind, currency) VALUES ($1, 'world', $2)"
         " ON CONFLICT (id) DO NOTHING",

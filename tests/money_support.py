@@ -21,14 +21,14 @@ async def new_merchant(pool: asyncpg.Pool) -> str:
 
 
 async def assert_books_balance(pool: asyncpg.Pool) -> None:
-    """Money is conserved and every figure reconciles: all accounts sum to zero per currency;
-    every transaction's postings sum to zero; each balance is the sum of its account's postings
-    and its last posting's ``balance_after``; no account but the world is negative; each key
-    names one transaction."""
+    """Money is conserved and every figure reconciles: each currency's postings sum to zero, and
+    so does every transaction's; each balance but the world's is the sum of its account's
+    postings and its last posting's ``balance_after``; a world account keeps a balance of 0 and
+    its postings no ``balance_after`` (its balance is its postings' sum); no account is
+    negative; each key names one transaction."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         unbalanced_currencies = await conn.fetch(
-            "SELECT currency, sum(balance) FROM ledger_accounts GROUP BY currency"
-            " HAVING sum(balance) <> 0"
+            "SELECT currency, sum(amount) FROM postings GROUP BY currency HAVING sum(amount) <> 0"
         )
         unbalanced_transactions = await conn.fetch(
             "SELECT transaction_id FROM postings GROUP BY transaction_id, currency"
@@ -39,18 +39,25 @@ async def assert_books_balance(pool: asyncpg.Pool) -> None:
             " (SELECT balance_after FROM postings l WHERE l.account_id = a.id"
             "  ORDER BY l.id DESC LIMIT 1) AS last"
             " FROM ledger_accounts a LEFT JOIN postings p ON p.account_id = a.id"
+            " WHERE a.kind <> 'world'"
             " GROUP BY a.id HAVING a.balance <> coalesce(sum(p.amount), 0)"
             " OR a.balance <> coalesce((SELECT balance_after FROM postings l"
             "  WHERE l.account_id = a.id ORDER BY l.id DESC LIMIT 1), 0)"
+            " OR count(p.id) <> count(p.balance_after)"
         )
-        negative = await conn.fetch(
-            "SELECT id, balance FROM ledger_accounts WHERE kind <> 'world' AND balance < 0"
+        world_figures = await conn.fetch(
+            "SELECT a.id, a.balance, count(p.balance_after) AS with_balance_after"
+            " FROM ledger_accounts a LEFT JOIN postings p ON p.account_id = a.id"
+            " WHERE a.kind = 'world' GROUP BY a.id"
+            " HAVING a.balance <> 0 OR count(p.balance_after) > 0"
         )
+        negative = await conn.fetch("SELECT id, balance FROM ledger_accounts WHERE balance < 0")
         keys = await conn.fetchval(
             "SELECT count(*) - count(DISTINCT idempotency_key) FROM ledger_transactions"
         )
     assert not unbalanced_currencies, unbalanced_currencies
     assert not unbalanced_transactions, unbalanced_transactions
     assert not unreconciled, unreconciled
+    assert not world_figures, world_figures
     assert not negative, negative
     assert keys == 0

@@ -106,6 +106,10 @@ async def test_p1_fifty_concurrent_requests_with_one_key_run_once(
     assert {r.status_code for r in responses} == {201}
     assert len({r.text for r in responses}) == 1
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 49
+    assert responses[0].json()["postings"] == [
+        {"account_id": wallet, "amount": 7, "balance_after": 7},
+        {"account_id": "world:EUR", "amount": -7, "balance_after": None},
+    ]
     assert await balance(http, wallet) == 7
     assert await ledger_transactions(pool, key) == 1
     audited = await pool.fetchval(

@@ -174,9 +174,6 @@ def plan(seed: int) -> list[Case]:
     rng = random.Random(seed)
     cases: list[Case] = []
     for boundary in BOUNDARIES:
-        # A settlement paid out locks the currency's world account until it commits: one
-        # parked there at a time, or the other could never reach its commit.
-        paid_out_settlement = rng.choice(MOMENTS)
         for moment in MOMENTS:
             failing_path = boundary.phase == "failing"
             count = rng.randint(2, 3) if failing_path else rng.randint(1, 3)
@@ -190,8 +187,6 @@ def plan(seed: int) -> list[Case]:
             ending = rng.choice(ENDINGS) if boundary.ending is None else boundary.ending
             if boundary.name == "payout":
                 to_account = True
-            elif boundary.name == "released":
-                to_account = moment == paid_out_settlement
             else:
                 to_account = ending == "release" and rng.random() < 0.5
             cases.append(
