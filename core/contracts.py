@@ -48,6 +48,7 @@ __all__ = [
     "DeliveryRef",
     "DeliveryStatus",
     "EscalationInput",
+    "EscalationState",
     "EscalationStepPlan",
     "EscrowAlertInput",
     "EscrowInput",
@@ -555,8 +556,28 @@ class EscalationStepPlan:
 
 
 @dataclass(frozen=True)
+class EscalationState:
+    """Where an escalation stood when its run continued as new (times are ISO strings): the next
+    run goes on from here rather than opening the group again."""
+
+    opened: str
+    notified: list[str]
+    pages: int
+    step: int
+    next_summary: str
+    due: str | None
+    acknowledged_by: str | None
+    acknowledgement_pending: bool
+    cleared: bool
+    """An ``alerts_changed`` signal came in that no summary has answered yet."""
+    changes_seen: int
+    """``alerts_changed`` signals received by every run of this escalation so far."""
+
+
+@dataclass(frozen=True)
 class EscalationInput:
-    """Starts one :class:`workflows.escalation.EscalationWorkflow` with its route's plan."""
+    """Starts one :class:`workflows.escalation.EscalationWorkflow` with its route's plan;
+    ``carried`` is set only when a run of it continues as new."""
 
     group_id: str
     route: str
@@ -565,6 +586,7 @@ class EscalationInput:
     steps: list[EscalationStepPlan]
     repage_every_seconds: float | None = None
     repage_times: int = 0
+    carried: EscalationState | None = None
 
 
 class NotifyAction(StrEnum):

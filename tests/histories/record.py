@@ -1,5 +1,5 @@
-"""Record one history per path through :class:`WebhookWorkflow`, :class:`DeliveryLaneWorkflow`
-and :class:`EscrowWorkflow` into ``tests/histories/``.
+"""Record one history per path through :class:`WebhookWorkflow`, :class:`DeliveryLaneWorkflow`,
+:class:`EscrowWorkflow` and :class:`EscalationWorkflow` into ``tests/histories/``.
 
 Run ``./run python -m tests.histories.record`` (or ``… record escrows`` for the escrow histories
 alone) after changing a workflow *on purpose* (and then guard old runs with ``workflow.patched``,
@@ -23,19 +23,23 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
+from core.audit import raise_alert, resolve_alert
 from core.contracts import (
     SEARCH_ATTRIBUTES,
     delivery_lane_workflow_id,
+    escalation_workflow_id,
     escrow_workflow_id,
     webhook_workflow_id,
 )
-from core.settings import Settings
+from core.settings import PAGERDUTY_SINK_PATH, SLACK_SINK_PATH, Settings
+from devstack.oncall_sink import OncallSink
 from devstack.payout_sink import PayoutSink
 from devstack.ports import free_port
 from devstack.postgres import EmbeddedPostgres
 from devstack.redis import EmbeddedRedis
 from devstack.temporal import TemporalDevServer
 from tests.escrow.support import escrow_body, keyed, wallets
+from tests.oncall.support import ADMIN, TEST_CRITICAL
 from tests.outbound.stub import Answer, StubMerchant
 from tests.support import (
     Partner,
@@ -46,17 +50,21 @@ from tests.support import (
     stores,
     wait_for,
 )
+from workflows.escalation import EscalationWorkflow
 
 HERE = Path(__file__).parent
 log = logging.getLogger("record")
 
 
-GROUPS = ("webhooks", "escrows")
+GROUPS = ("webhooks", "escrows", "escalations")
+FLAPS = 1_200
+FLAP_BURST = 50
 
 
 async def record(scratch: Path, groups: tuple[str, ...] = GROUPS) -> None:
     with (
         PayoutSink(free_port()) as payout_sink,
+        OncallSink(free_port()) as oncall_sink,
         EmbeddedPostgres(scratch / "pg", free_port()) as postgres,
         EmbeddedRedis(scratch / "redis", free_port()) as redis_server,
         TemporalDevServer(
@@ -77,6 +85,8 @@ async def record(scratch: Path, groups: tuple[str, ...] = GROUPS) -> None:
             delivery_allow_networks="127.0.0.1/32",
             delivery_retry_schedule=[0, 0.2, 0.2],
             payout_base_url=payout_sink.url,
+            slack_base_url=f"{oncall_sink.url}{SLACK_SINK_PATH}",
+            pagerduty_base_url=f"{oncall_sink.url}{PAGERDUTY_SINK_PATH}",
         )
         client = await Client.connect(temporal.address)
         async with (
@@ -91,6 +101,8 @@ async def record(scratch: Path, groups: tuple[str, ...] = GROUPS) -> None:
                 scenarios.update(await record_escrows(pool, http, payout_sink))
             if "webhooks" in groups:
                 scenarios.update(await record_webhooks(pool, http, stub))
+            if "escalations" in groups:
+                scenarios.update(await record_escalations(pool, http, client))
             for name, workflow_id in scenarios.items():
                 handle = client.get_workflow_handle(workflow_id)
                 outcome = await asyncio.wait_for(handle.result(), timeout=60)
@@ -243,6 +255,86 @@ async def record_escrows(
         "escrow_funding_failed_compensated": escrow_workflow_id(failed),
         "escrow_release_refused_then_refunded": escrow_workflow_id(refused),
         "escrow_expired_refunded": escrow_workflow_id(expired),
+    }
+
+
+async def record_escalations(
+    pool: asyncpg.Pool, http: httpx.AsyncClient, client: Client
+) -> dict[str, str]:
+    """Escalations (the default policy's critical route: Slack at once): acknowledged then
+    resolved by an operator; resolved by themselves once their alert cleared; and one whose
+    alert flapped ``FLAPS`` times before an operator resolved it. Its committed history, past
+    :data:`workflows.escalation.HISTORY_BOUND` events in one run, was recorded before
+    escalations continued as new (see the README); recorded now, it continues as new and the
+    file holds only its last run."""
+
+    async def opened(key: str) -> tuple[int, str]:
+        async with pool.acquire() as conn, conn.transaction():
+            await raise_alert(
+                conn, TEST_CRITICAL, dedup_key=f"record:{key}", summary=key, details={}
+            )
+        alert_id: int = await pool.fetchval(
+            "SELECT id FROM alerts WHERE dedup_key = $1", f"record:{key}"
+        )
+        group_id: str = await wait_for(
+            partial(pool.fetchval, "SELECT group_id FROM alerts WHERE id = $1", alert_id),
+            what=f"{key} to be routed",
+        )
+        await wait_for(
+            partial(
+                pool.fetchval,
+                "SELECT 1 FROM alert_timeline WHERE group_id = $1 AND action = 'notified'",
+                group_id,
+            ),
+            what=f"{key}'s first notification",
+        )
+        return alert_id, group_id
+
+    async def act(alert_id: int, action: str) -> None:
+        response = await http.post(
+            f"/v1/alerts/{alert_id}/{action}", json={"reason": "recorded"}, headers=ADMIN
+        )
+        assert response.status_code == 200, response.text
+
+    async def resolved(group_id: str) -> None:
+        """All three alerts are of one kind, grouped by kind: each needs a group of its own."""
+        await wait_for(
+            partial(
+                pool.fetchval,
+                "SELECT status = 'resolved' FROM alert_groups WHERE id = $1",
+                group_id,
+            ),
+            what=f"group {group_id} to be resolved",
+        )
+
+    acked, acked_group = await opened("acked")
+    await act(acked, "acknowledge")
+    await wait_for(
+        partial(
+            pool.fetchval,
+            "SELECT 1 FROM alert_timeline WHERE group_id = $1 AND action = 'acknowledged'"
+            " AND channel IS NOT NULL",
+            acked_group,
+        ),
+        what="the acknowledgement to be posted",
+    )
+    await act(acked, "resolve")
+    await resolved(acked_group)
+    _, cleared_group = await opened("cleared")
+    async with pool.acquire() as conn:
+        assert await resolve_alert(conn, "record:cleared", reason="recorded")
+    await resolved(cleared_group)
+    flapping, flapping_group = await opened("flapping")
+    handle = client.get_workflow_handle(escalation_workflow_id(flapping_group))
+    for _ in range(FLAPS // FLAP_BURST):
+        await asyncio.gather(
+            *(handle.signal(EscalationWorkflow.alerts_changed) for _ in range(FLAP_BURST))
+        )
+    await act(flapping, "resolve")
+    return {
+        "escalation_acknowledged_then_resolved": escalation_workflow_id(acked_group),
+        "escalation_cleared_by_itself": escalation_workflow_id(cleared_group),
+        "escalation_flapping_then_resolved": escalation_workflow_id(flapping_group),
     }
 
 
