@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from core.contracts import EscrowStatus
 from core.formats import EmailAddress, Identifier, PartnerId
 from core.replica import Freshness
 
@@ -602,18 +603,6 @@ class FreshRead(BaseModel):
 
 # -- escrows -------------------------------------------------------------------------------------
 
-EscrowStatusName = Literal[
-    "created",
-    "funding",
-    "funded",
-    "releasing",
-    "released",
-    "release_failed",
-    "refunding",
-    "refunded",
-    "failed",
-]
-
 
 class EscrowSourceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -674,8 +663,8 @@ class EscrowSourceOut(BaseModel):
 
 
 class EscrowTransition(BaseModel):
-    from_status: EscrowStatusName | None
-    to_status: EscrowStatusName
+    from_status: EscrowStatus | None
+    to_status: EscrowStatus
     actor: str
     reason: str | None
     at: datetime
@@ -693,7 +682,7 @@ class EscrowOut(BaseModel):
     beneficiary: Beneficiary
     reference: str
     expires_at: datetime
-    status: EscrowStatusName
+    status: EscrowStatus
     payout_transfer_id: str | None = Field(description="The provider's transfer, once paid.")
     created_by: str
     created_at: datetime
