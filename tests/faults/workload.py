@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import signal
 import time
@@ -19,12 +20,15 @@ from typing import Any
 
 import asyncpg
 import httpx
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from core.settings import Settings
 from devstack.ports import free_port
 from devstack.processes import SwitchboardProcess, spawn_switchboard, standalone_settings
 from tests.support import Partner, wait_for
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FINAL",
@@ -394,6 +398,38 @@ async def assert_workflows_completed(
         )
     ]
     assert others == [], f"workflows not completed: {others[:5]}"
+    await _assert_deterministic(client, task_queue, expected)
+
+
+NONDETERMINISM = ("TMPRL1100", "TMPRL1101")
+"""The SDK's nondeterminism error codes, as they appear in a failed workflow task's message."""
+
+
+async def _assert_deterministic(client: Client, task_queue: str, expected: int) -> None:
+    """RELIABILITY D8: no workflow task of the queue's workflows failed as nondeterministic
+    (whatever the faults did to their workers); other workflow-task failures are logged."""
+    fetches = asyncio.Semaphore(16)
+
+    async def failed_tasks(workflow_id: str, run_id: str | None) -> list[str]:
+        async with fetches:
+            history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        return [
+            event.workflow_task_failed_event_attributes.failure.message
+            for event in history.events
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        ]
+
+    runs = [(e.id, e.run_id) async for e in client.list_workflows(f'TaskQueue="{task_queue}"')]
+    assert len(runs) == expected, f"{len(runs)} workflows listed, expected {expected}"
+    failures = [m for ms in await asyncio.gather(*(failed_tasks(*r) for r in runs)) for m in ms]
+    nondeterministic = [m for m in failures if any(code in m for code in NONDETERMINISM)]
+    log.info(
+        "D8: %d histories read, %d workflow tasks failed, %d of them nondeterministic",
+        len(runs),
+        len(failures),
+        len(nondeterministic),
+    )
+    assert nondeterministic == [], nondeterministic[:3]
 
 
 class WorkerProcess:
