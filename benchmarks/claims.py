@@ -40,10 +40,10 @@ from benchmarks.stack import HOST
 from benchmarks.stats import Latency, median
 from benchmarks.workload import request_wire
 from core import exchange
-from core.contracts import WORKFLOW_STARTS_CHANNEL
 from core.db import connect_pool
 from core.settings import Settings
 from core.tenancy import create_merchant
+from core.workflow_starts import wake_relay
 
 __all__ = ["measure_claims"]
 
@@ -135,7 +135,7 @@ async def _pending_requests(h: Harness, merchant: str) -> list[str]:
                 actor=ACTOR,
             )
             requests.append(row["id"])
-        await conn.execute("SELECT pg_notify($1, '')", WORKFLOW_STARTS_CHANNEL)
+        await wake_relay(conn)
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
         settled = await h.pool.fetchval(

@@ -35,6 +35,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from core.contracts import WORKFLOW_STARTS_CHANNEL, Priority
+from core.db import Connection
 from core.settings import Settings
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "start_and_mark",
     "start_workflow",
     "unstarted",
+    "wake_relay",
 ]
 
 RPC_TIMEOUT = timedelta(seconds=2)
@@ -140,8 +142,13 @@ async def start_and_mark(
             error,
         )
         try:
-            await pool.execute("SELECT pg_notify($1, '')", WORKFLOW_STARTS_CHANNEL)
+            await wake_relay(pool)
         except Exception as notify_error:
             log.warning("could not wake the workflow starts relay: %r", notify_error)
         return False
     return True
+
+
+async def wake_relay(db: asyncpg.Pool | Connection) -> None:
+    """Wake the worker's workflow starts relay now rather than at its next sweep."""
+    await db.execute("SELECT pg_notify($1, '')", WORKFLOW_STARTS_CHANNEL)
