@@ -46,7 +46,7 @@ from core.events import (
 from core.merchant_events import append_merchant_event
 from core.metrics import EVENTS_APPLIED
 from core.outbox import plan_deliveries
-from core.tenancy import onboard_merchant
+from core.tenancy import onboard_merchant, unlinked_merchant_alert_key
 
 __all__ = ["PREDECESSOR_PENDING", "LedgerActivities"]
 
@@ -225,7 +225,7 @@ async def _dead_letter(conn: Connection, hook: Row, reason: str, cause: DeadLett
         await raise_alert(
             conn,
             UNLINKED_MERCHANT,
-            dedup_key=f"unlinked_merchant:{hook['partner_id']}:{merchant}",
+            dedup_key=unlinked_merchant_alert_key(hook["partner_id"], merchant),
             summary=f"partner {hook['partner_id']} sent webhooks for merchant {merchant},"
             " which it is not linked to; they are parked until an operator links them",
             details={**details, "merchant_id": merchant},

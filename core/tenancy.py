@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
-from core.audit import audit
+from core.audit import audit, resolve_alert
 from core.contracts import DeadLetterCause
 from core.db import Connection
 from core.errors import OperatorError
@@ -24,9 +24,16 @@ __all__ = [
     "link_partner",
     "onboard_merchant",
     "unlink_partner",
+    "unlinked_merchant_alert_key",
     "update_merchant",
     "update_partner",
 ]
+
+
+def unlinked_merchant_alert_key(partner_id: str, merchant_id: str) -> str:
+    """The dedup key of the alert saying ``partner_id`` sends webhooks for ``merchant_id``
+    without a link (one alert per pair, raised by the ledger, resolved by the link)."""
+    return f"unlinked_merchant:{partner_id}:{merchant_id}"
 
 
 async def create_partner(
@@ -175,7 +182,8 @@ async def link_partner(
     conn: Connection, merchant_id: str, partner_id: str, *, actor: str
 ) -> tuple[bool, list[str]]:
     """Link a partner to a merchant (audited). Returns whether the link is new, and the event ids
-    of the partner's webhooks for this merchant that were parked for lack of it (to replay)."""
+    of the partner's webhooks for this merchant that were parked for lack of it (to replay).
+    The pair's ``unlinked_merchant`` alert, if open, is resolved: its condition has cleared."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT 1 FROM merchants WHERE id = $1", merchant_id):
             raise OperatorError(404, f"no merchant {merchant_id!r}")
@@ -187,6 +195,12 @@ async def link_partner(
             merchant_id,
             partner_id,
             actor,
+        )
+        await resolve_alert(
+            conn,
+            unlinked_merchant_alert_key(partner_id, merchant_id),
+            reason=f"partner {partner_id} linked to merchant {merchant_id}",
+            actor=actor,
         )
         if not created:
             return False, []

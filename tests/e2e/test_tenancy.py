@@ -56,7 +56,7 @@ async def test_a_partner_cannot_write_a_merchant_it_is_not_linked_to(
 ) -> None:
     """B's payment for A's merchant is recorded (202) but parked: no payment, no merchant event,
     no delivery or email, nothing on the dashboard; one alert names the pair. Linking B replays
-    it, and it then takes effect once."""
+    it, and it then takes effect once; the link resolves the alert."""
     owner = await add_partner(pool, http, onboarding=False)
     intruder = await add_partner(pool, http, onboarding=False)
     merchant = unique("m-canary")
@@ -95,6 +95,7 @@ async def test_a_partner_cannot_write_a_merchant_it_is_not_linked_to(
         a for a in alerts if a["dedup_key"] == f"unlinked_merchant:{intruder.id}:{merchant}"
     ]
     assert len(unlinked) == 1
+    assert unlinked[0]["status"] == "open"
 
     linked = await http.put(f"/v1/merchants/{merchant}/partners/{intruder.id}", headers=ADMIN)
     assert linked.status_code == 200, linked.text
@@ -109,6 +110,13 @@ async def test_a_partner_cannot_write_a_merchant_it_is_not_linked_to(
         return bool(await pool.fetchval("SELECT 1 FROM events WHERE event_id = $1", forged))
 
     await wait_for(applied, what="the replayed webhook to take effect")
+    resolved = await pool.fetchrow(
+        "SELECT status, resolved_by FROM alerts WHERE id = $1", unlinked[0]["id"]
+    )
+    assert resolved is not None
+    assert dict(resolved) == {"status": "resolved", "resolved_by": "api-key:bootstrap"}
+    still_open = await http.get("/v1/alerts", params={"kind": "unlinked_merchant"}, headers=ADMIN)
+    assert unlinked[0]["id"] not in {a["id"] for a in still_open.json()}
     again = await http.put(f"/v1/merchants/{merchant}/partners/{intruder.id}", headers=ADMIN)
     assert again.json()["created"] is False and again.json()["replayed"] == []
     trail = await pool.fetch(
