@@ -642,7 +642,8 @@ class EscrowIn(BaseModel):
     sources: list[EscrowSourceIn] = Field(min_length=1, max_length=20)
     beneficiary: Beneficiary
     expires_at: AwareDatetime = Field(
-        description="When an escrow nobody released is refunded to its sources."
+        description="When an escrow nobody released is refunded to its sources; in the"
+        " future (a 422 otherwise)."
     )
     reference: str = Field(
         min_length=1, max_length=200, description="E.g. the giveaway or gift card it is for."

@@ -28,7 +28,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 import asyncpg
@@ -125,8 +125,8 @@ async def create(
 
     The sources are distinct wallets of the merchant in ``currency``; a beneficiary wallet holds
     ``currency`` and is none of them (404 for a merchant, or a wallet of it, that does not exist;
-    409 ``currency-mismatch`` for a wallet of another currency; 422 for the rest). Nothing
-    moves yet: the saga debits the sources.
+    409 ``currency-mismatch`` for a wallet of another currency; 422 for the rest, an expiry
+    that is not in the future included). Nothing moves yet: the saga debits the sources.
     """
     if (beneficiary_wallet is None) == (beneficiary_account is None):
         raise OperatorError(422, "an escrow has one beneficiary: a wallet or an external account")
@@ -155,6 +155,9 @@ async def create(
         if found[wallet_id]["merchant_id"] != merchant_id:
             # As if it did not exist: one merchant's escrow does not learn of another's wallets.
             raise OperatorError(404, f"no wallet {wallet_id!r} of merchant {merchant_id!r}")
+    if expires_at <= datetime.now(UTC):
+        # It would be funded only to be refunded at once: a mistake, not an escrow anyone wants.
+        raise OperatorError(422, f"expires_at {expires_at.isoformat()} is not in the future")
     escrow_id = f"esc_{uuid.uuid4().hex}"
     amount = sum(source.amount for source in sources)
     async with conn.transaction():

@@ -15,6 +15,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -97,7 +98,7 @@ def run_schemathesis(api_url: str, partner: SigningPartner) -> list[str]:
         if case.method == "POST" and case.operation.path == "/v1/exchange-requests":
             _two_currencies(case)
         if case.method == "POST" and case.operation.path == "/v1/escrows":
-            _distinct_wallets(case)
+            _escrow_rules(case)
 
     schemathesis.hook(before_call)
     try:
@@ -151,12 +152,15 @@ def _two_currencies(case: schemathesis.Case[Any]) -> None:
         body["to_currency"] = "USDT" if body.get("from_currency") != "USDT" else "EUR"
 
 
-def _distinct_wallets(case: schemathesis.Case[Any]) -> None:
-    """An escrow's sources are distinct wallets and its beneficiary wallet is none of them (a
-    422 otherwise), rules across list items and fields that no schema can say."""
+def _escrow_rules(case: schemathesis.Case[Any]) -> None:
+    """An escrow's sources are distinct wallets, its beneficiary wallet is none of them, and it
+    expires in the future (a 422 otherwise): rules across list items, fields and the clock that
+    no schema can say."""
     if case.meta is not None and case.meta.is_negative_at(ParameterLocation.BODY):
         return
     body = case.body
+    if isinstance(body, dict) and "expires_at" in body:
+        body["expires_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     sources = body.get("sources") if isinstance(body, dict) else None
     if not isinstance(body, dict) or not isinstance(sources, list):
         return

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 import httpx
@@ -126,6 +127,21 @@ async def test_refund_then_wrong_state_requests_are_409(
         assert again.status_code == 409, again.text
         assert again.headers["content-type"] == "application/problem+json"
         assert again.json()["type"] == "/problems/escrow-conflict"
+
+
+async def test_an_expiry_that_is_not_in_the_future_is_refused(
+    http: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """An escrow that would be funded only to be refunded at once is a 422 problem; nothing is
+    created and nothing moves."""
+    merchant, (source, winner) = await wallets(http, pool, [10, 0])
+    body = escrow_body(merchant, [(source, 10)], wallet=winner, expires_in=timedelta(seconds=-1))
+    refused = await http.post("/v1/escrows", json=body, headers=keyed())
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "not in the future" in refused.json()["detail"]
+    assert not await pool.fetchval("SELECT count(*) FROM escrows WHERE merchant_id = $1", merchant)
+    assert await balances(pool, [source, winner]) == [10, 0]
 
 
 async def test_the_workflow_validator_refuses_a_second_release(
