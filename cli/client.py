@@ -77,8 +77,21 @@ def call(as_json: bool, method: str, path: str, **kwargs: Any) -> Any:
     except httpx.HTTPError as error:
         fail(f"cannot reach the api at {settings.public_base_url}: {error}", as_json)
     if response.status_code >= 400:
-        detail = response.json().get("detail") if response.content else response.reason_phrase
-        fail(f"{response.status_code}: {detail}", as_json)
+        fail(_problem_line(response), as_json)
     if response.status_code == 204:
         return None
     return response.json()
+
+
+def _problem_line(response: httpx.Response) -> str:
+    """``409 insufficient-funds: <detail>``: the status, the problem's type when it has one of
+    its own (``/problems/<name>``), and its detail."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return f"{response.status_code}: {response.reason_phrase}"
+    kind = str(body.get("type") or "")
+    named = f" {kind.rsplit('/', 1)[-1]}" if kind.startswith("/problems/") else ""
+    return f"{response.status_code}{named}: {body.get('detail') or body.get('title')}"

@@ -432,10 +432,13 @@ def send(
         )
     except httpx.HTTPError as error:
         fail(f"cannot reach the api at {base_url}: {error}", as_json)
-    result = {"status": response.status_code, "webhook_id": msg_id, **response.json()}
+    # The ids the event names, so that the next command can refer to them (a refund of it).
+    named = {key: data[key] for key in ("payment_id", "refund_id") if key in data}
+    result = {"status": response.status_code, "webhook_id": msg_id, **named, **response.json()}
     human = (
         f"{response.status_code} {event_type} → event {result.get('event_id')}\n"
-        f"trace: {result.get('trace_url')}"
+        + "".join(f"{key.removesuffix('_id')}: {value}\n" for key, value in named.items())
+        + f"trace: {result.get('trace_url')}"
         if response.status_code < 300
         else f"{response.status_code}: {result.get('detail')}"
     )

@@ -155,8 +155,10 @@ def test_dev_runs_the_stack_and_keeps_data_across_restarts(tmp_path: Path) -> No
         assert cli(second.env, "trace", event_id)["status"] == "processed"
         endpoints = cli(second.env, "endpoints", "list", "--merchant", "merchant_demo")
         assert [ep["id"] for ep in endpoints] == [play_endpoint]
-        again = cli(second.env, "send", "refund.succeeded", "--amount", "250")
-        assert again["status"] == 202
+        refund = ["send", "refund.succeeded", "--payment-id", str(sent["payment_id"])]
+        again = cli(second.env, *refund, "--amount", "250")
+        assert again["status"] == 202 and again["payment_id"] == sent["payment_id"]
+        wait_processed(second.env, str(again["event_id"]))
         paid = cli(second.env, "send", "payment.succeeded", "--amount", "990")
         assert wait_played(second.env, str(paid["event_id"]))["verified"] is True
         assert second.interrupt() == 0

@@ -26,7 +26,7 @@ async def test_wallet_commands(cli: Any, pool: asyncpg.Pool) -> None:
     assert json.loads(moved.output)["amount"] == 30
     refused = await cli("wallets", "transfer", source, target, "71", "--json")
     assert refused.exit_code == 1
-    assert "409" in json.loads(refused.output)["error"]
+    assert json.loads(refused.output)["error"].startswith("409 insufficient-funds: not enough")
     shown = await cli("wallets", "show", source)
     assert f"{source}: 70 EUR (open)" in shown.output
     statement = json.loads((await cli("wallets", "statement", source, "--json")).output)
