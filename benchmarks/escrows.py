@@ -21,6 +21,11 @@ Each repeat measures:
   loop), each from its due time to the answer saying it is funded. Baseline: the no-op workflow's
   start-to-result latency at the same rate (:meth:`NoopWorkflows.round_trips`).
 
+Then, to show how much of the gap is Temporal's own, the saga's shape with steps that do nothing
+(:class:`SagaShapes`, the same calls on the same server) is run the same way as the batch, again
+beside the no-op workflow: the most escrows per second this Temporal server could finish whatever
+the steps cost, and the real escrows' rate against it.
+
 An escrow that is not released is counted by where it stopped (the api's refusing answer, or the
 status it was last seen in); the report's notes then say so, with those escrows' statuses in
 Postgres and in their workflows once the runs are over, and the payout provider's breaker.
@@ -44,7 +49,7 @@ from benchmarks.pacing import Paced, burst_loop, open_loop
 from benchmarks.report import Row, Section, Target
 from benchmarks.stack import HOST, CpuMeter
 from benchmarks.stats import Latency
-from benchmarks.temporal_baseline import NoopWorkflows
+from benchmarks.temporal_baseline import NoopWorkflows, SagaShapes
 from core import money
 from core.settings import DEV_ADMIN_API_KEY
 from core.tenancy import create_merchant
@@ -97,6 +102,7 @@ async def measure_escrows(h: Harness) -> Section:
     async with h.pool.acquire() as conn:
         await create_merchant(conn, merchant, name=None, email=None, partner_ids=[], actor=ACTOR)
     noop = NoopWorkflows(h.temporal)
+    shapes = SagaShapes(h.temporal)
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     with PayoutSink(free_port(HOST)) as sink:
         try:
@@ -106,22 +112,29 @@ async def measure_escrows(h: Harness) -> Section:
             async with (
                 httpx.AsyncClient(base_url=h.stack.api_url, limits=limits, timeout=GRACE) as http,
                 noop.worker(),
+                shapes.worker(),
             ):
                 escrows = _Escrows(h, http, merchant)
                 with progress("warming up"):
                     await escrows.batch(WARM_UP)
                     await noop.completion_rate(WARM_UP, grace=GRACE)
+                    await shapes.completion_rate(WARM_UP, grace=GRACE)
                 pairs: Pairs[EscrowRun, EscrowRun] = await h.alternate(
                     f"escrows, {plan.escrow_batch} at once and {plan.escrow_rate:g}/s",
                     lambda: _noop_run(h, noop),
                     escrows.run,
+                )
+                shape: Pairs[float, float] = await h.alternate(
+                    f"the saga's Temporal shape, steps doing nothing, {plan.escrow_batch} at once",
+                    lambda: noop.completion_rate(plan.escrow_batch, grace=GRACE),
+                    lambda: shapes.completion_rate(plan.escrow_batch, grace=GRACE),
                 )
         finally:
             with progress("restarting the worker with its usual settings"):
                 h.stack.restart_worker({})
             h.meter = CpuMeter(h.stack.pids())
         afterwards = await _afterwards(h, pairs)
-    return _section(h, pairs, len(sink.transfers()), afterwards)
+    return _section(h, pairs, shape, len(sink.transfers()), afterwards)
 
 
 async def _afterwards(h: Harness, pairs: Pairs[EscrowRun, EscrowRun]) -> list[str]:
@@ -299,7 +312,11 @@ def _stopped(*runs: Paced[Life]) -> Counter[str]:
 
 
 def _section(
-    h: Harness, pairs: Pairs[EscrowRun, EscrowRun], transfers: int, afterwards: list[str]
+    h: Harness,
+    pairs: Pairs[EscrowRun, EscrowRun],
+    shape: Pairs[float, float],
+    transfers: int,
+    afterwards: list[str],
 ) -> Section:
     plan = h.plan
 
@@ -320,6 +337,19 @@ def _section(
             "/s",
             *both(lambda r: r.per_second),
             Target(">=", RATE_TARGET, on_ratio=True),
+        ),
+        Row(
+            f"Ceiling: the saga's Temporal shape alone, steps doing nothing, {plan.escrow_batch}"
+            " at once (/ s)",
+            "/s",
+            shape.subject,
+            shape.baseline,
+        ),
+        Row(
+            "Completion rate against that ceiling (escrows / saga shapes)",
+            "/s",
+            [r.per_second for r in pairs.subject],
+            shape.subject,
         ),
         Row(
             f"Create→funded p50 at {plan.escrow_rate:g}/s (due → answer)",
@@ -353,6 +383,14 @@ def _section(
         "started at once, divided by the time from their due time to the last release. "
         f"Baseline: {plan.escrow_batch} no-op workflows executed at once (eager start, a worker "
         "in the benchmark process) on the same Temporal server.",
+        "Ceiling: the saga's calls on the same Temporal server with steps that do nothing "
+        "(`benchmarks/saga_shape_workflow.py`: started without eager start as the api does, "
+        "5 local steps and the expiry timer in the first task, a release update accepted then "
+        "awaited, its task running a local step and the payout as a regular activity, then the "
+        "settling step), a worker in the benchmark process; "
+        f"{plan.escrow_batch} at once, beside {plan.escrow_batch} no-op workflows (alternated, "
+        "its own runs). No implementation of this saga can finish escrows faster than this on "
+        "this server and machine.",
         f"Create→funded: {plan.escrow_steady} escrows due at {plan.escrow_rate:g}/s (open loop), "
         "from each due time to the answer saying funded. Baseline: the no-op workflow's "
         "start-to-result latency at the same rate.",
