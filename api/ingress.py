@@ -37,7 +37,7 @@ from core.errors import (
     RateLimited,
     UnsupportedMediaType,
 )
-from core.events import BalanceUpdated, parse_envelope
+from core.events import MODELS, BalanceUpdated, parse_envelope
 from core.metrics import ACK_LATENCY, WEBHOOKS_RECEIVED
 from core.settings import Settings
 from core.signing import MAX_ID_LENGTH, MAX_SIGNATURE_HEADER_LENGTH, MAX_TIMESTAMP_DIGITS, verify
@@ -131,6 +131,24 @@ def _header(name: str, description: str, schema: dict[str, Any]) -> dict[str, An
     }
 
 
+def _describe_known_data() -> str:
+    """What the data of each known event type must hold (the models validate it; the schema
+    states no more than "an object", since an unknown type's data is recorded as received)."""
+    lines = []
+    for event_type, model in MODELS.items():
+        fields = model.model_fields
+        required = [name for name, field in fields.items() if field.is_required()]
+        optional = [name for name, field in fields.items() if not field.is_required()]
+        also = f" (optional: {', '.join(optional)})" if optional else ""
+        lines.append(f"`{event_type}`: {', '.join(required)}{also}")
+    return (
+        "The event's data. Known types require these fields (422 naming the first one wrong);"
+        " money is integer minor units with an ISO 4217 currency: " + "; ".join(lines) + "."
+    )
+
+
+_DATA_DESCRIPTION = _describe_known_data()
+
 # The route reads the raw body (the signature covers its exact bytes), so FastAPI cannot infer
 # the body and headers it takes: they are declared here.
 _SIGNED_REQUEST: dict[str, Any] = {
@@ -167,7 +185,7 @@ _SIGNED_REQUEST: dict[str, Any] = {
                             "description": "The event type, e.g. payment.succeeded; known types "
                             "have their data validated, others are recorded as received.",
                         },
-                        "data": {"type": "object", "description": "The event's data."},
+                        "data": {"type": "object", "description": _DATA_DESCRIPTION},
                     },
                 }
             }

@@ -17,6 +17,7 @@ from core.formats import EmailAddress, Identifier
 
 __all__ = [
     "EARLIEST_AS_OF",
+    "MODELS",
     "BalanceUpdated",
     "EventData",
     "PaymentFailed",
