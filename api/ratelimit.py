@@ -51,7 +51,9 @@ class RateLimiter:
         try:
             return await position <= limit
         except (RedisError, OSError) as error:
-            log.warning("rate limiter unavailable, allowing: %r", error)
+            # With the exception attached, the log's repeated-failure filter collapses an
+            # outage to a line a minute instead of one per request.
+            log.warning("rate limiter unavailable, allowing", exc_info=error)
             return True
 
     async def _flush(self, name: str) -> None:

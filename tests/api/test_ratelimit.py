@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
 from redis.asyncio import Redis
 
 from api.ratelimit import RateLimiter
+from core.logs import RepeatedFailureFilter
+from core.realtime import connect_redis
+from tests.core.test_logs import Collect
 
 
 async def test_concurrent_checks_are_counted_exactly(redis: Redis) -> None:
@@ -21,10 +25,18 @@ async def test_concurrent_checks_are_counted_exactly(redis: Redis) -> None:
     assert sum(allowed) == 20 if windows == 1 else 20 <= sum(allowed) <= 20 * windows
 
 
-async def test_unreachable_redis_fails_open() -> None:
-    """With Redis down the limiter allows requests rather than refusing durable work."""
-    unreachable = Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2)
+async def test_unreachable_redis_fails_open_and_says_so_once() -> None:
+    """With Redis down the limiter allows requests rather than refusing durable work; the
+    outage is one warning in the log (filtered as the api's log is), not one per request."""
+    unreachable = connect_redis("redis://127.0.0.1:9/0", timeout=0.5)  # as the api's
+    logger = logging.getLogger("switchboard.ratelimit")
+    collect = Collect()
+    collect.addFilter(RepeatedFailureFilter())
+    logger.addHandler(collect)
     try:
-        assert await RateLimiter(unreachable).allow("p", 1)
+        limiter = RateLimiter(unreachable)
+        assert all([await limiter.allow("p", 1) for _ in range(3)])
     finally:
+        logger.removeHandler(collect)
         await unreachable.aclose()
+    assert [r.getMessage() for r in collect.records] == ["rate limiter unavailable, allowing"]
