@@ -13,8 +13,10 @@ stops and restarts it; :mod:`benchmarks.oncall`), exchange claims (:mod:`benchma
 contended wallet debits (:mod:`benchmarks.debits`), escrows end to end (which restart the
 worker; :mod:`benchmarks.escrows`), exchange transitions to their watching clients through the
 gateway (:mod:`benchmarks.desk_live`); the load-generator check
-touches only the bare app; the ingress runs last, because at 500/s it records more webhooks than
-the worker drains, and that backlog is what "worker draining" means for them.
+touches only the bare app; the gateway fan-out (its own servers on the stack's Redis) runs before
+the ingress, which runs last, because at 500/s it records more webhooks than the worker drains,
+and that backlog is what "worker draining" means for them (a fan-out measured after it shared
+the machine with the draining worker and Temporal: p99 165 ms against 10.5 ms alone).
 """
 
 from __future__ import annotations
@@ -171,9 +173,9 @@ async def _measure(
         escrows = await measure_escrows(h)
         desk_live = await measure_desk_live(h)
         load_generator = await measure_load_generator(h)
+        with progress("gateway fan-out against python-socketio"):
+            fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
         ingress = await measure_ingress(h)
-    with progress("gateway fan-out against python-socketio"):
-        fanout = await measure_fanout(stack.postgres.url, stack.redis.url, plan.name == "quick")
     sections = [ingress, pipeline, live, *deliveries, oncall, claims, debits, escrows, desk_live]
     sections.append(load_generator)
     return [*sections, fanout], h.phase_cpu
