@@ -16,7 +16,17 @@ from rich.console import Console
 
 from core.settings import Settings
 
-__all__ = ["Json", "call", "console", "dev_only", "emit", "err", "fail", "operator_client"]
+__all__ = [
+    "Json",
+    "call",
+    "console",
+    "dev_only",
+    "emit",
+    "err",
+    "fail",
+    "operator_client",
+    "problem_line",
+]
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -77,13 +87,13 @@ def call(as_json: bool, method: str, path: str, **kwargs: Any) -> Any:
     except httpx.HTTPError as error:
         fail(f"cannot reach the api at {settings.public_base_url}: {error}", as_json)
     if response.status_code >= 400:
-        fail(_problem_line(response), as_json)
+        fail(problem_line(response), as_json)
     if response.status_code == 204:
         return None
     return response.json()
 
 
-def _problem_line(response: httpx.Response) -> str:
+def problem_line(response: httpx.Response) -> str:
     """``409 insufficient-funds: <detail>``: the status, the problem's type when it has one of
     its own (``/problems/<name>``), and its detail."""
     try:

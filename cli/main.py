@@ -19,7 +19,7 @@ import httpx
 import typer
 from rich.table import Table
 
-from cli.client import Json, call, console, dev_only, emit, fail, operator_client
+from cli.client import Json, call, console, dev_only, emit, fail, operator_client, problem_line
 from cli.dev_state import DEMO_MERCHANT, DEMO_PARTNER, load_dev_state
 from cli.escrows import escrows_app
 from cli.exchange import exchange_app
@@ -435,16 +435,13 @@ def send(
     # The ids the event names, so that the next command can refer to them (a refund of it).
     named = {key: data[key] for key in ("payment_id", "refund_id") if key in data}
     result = {"status": response.status_code, "webhook_id": msg_id, **named, **response.json()}
-    human = (
-        f"{response.status_code} {event_type} → event {result.get('event_id')}\n"
-        + "".join(f"{key.removesuffix('_id')}: {value}\n" for key, value in named.items())
-        + f"trace: {result.get('trace_url')}"
-        if response.status_code < 300
-        else f"{response.status_code}: {result.get('detail')}"
-    )
-    emit(as_json, result, human)
     if response.status_code >= 300:
+        emit(as_json, result, problem_line(response))
         raise typer.Exit(1)
+    lines = [f"{response.status_code} {event_type} → event {result.get('event_id')}"]
+    lines += [f"{key.removesuffix('_id')}: {value}" for key, value in named.items()]
+    lines.append(f"trace: {result.get('trace_url')}")
+    emit(as_json, result, "\n".join(lines))
 
 
 @app.command()
