@@ -184,7 +184,15 @@ class Partner:
                         merchant,
                         self.id,
                     )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                # A connection whose statement the timeout cancelled while Postgres died can
+                # refuse its next use this way before the pool replaces it.
+                asyncpg.InternalClientError,
+            ):
                 return  # Postgres is down (a fault test): the ingress will say so; next time
         self.onboarded.add(merchant)
 
